@@ -1,0 +1,1 @@
+"""Command-line interface: ``bnconvert SUBCOMMAND``.  Each subcommand is its own module."""

@@ -1,0 +1,157 @@
+"""Export a folded, frozen GraphDef to ONNX with tf2onnx, and inspect the result.
+
+The ONNX graph's inputs and outputs keep their TF tensor names (``"x:0"``). tf2onnx (and with
+it TensorFlow) is imported inside :func:`export_onnx` only; :func:`onnx_bn_leftovers` needs
+the ``onnx`` package alone.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+
+from bnconvert.errors import InputError, OutputError, UnsupportedError
+
+#: ONNX op types that betray an unfolded batch norm (or an unpruned training switch)
+BN_LEFTOVER_OPS = frozenset({"BatchNormalization", "If", "Sqrt", "Reciprocal"})
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _op_name(tensor: str) -> str:
+    return tensor.split(":")[0]
+
+
+def check_tensors(graph_def, names, role: str) -> None:
+    """Raise :class:`InputError` unless every ``name`` ("x:0") is an output of a node in the graph."""
+    nodes = {n.name for n in graph_def.node}
+    for name in names:
+        if not re.fullmatch(r"[^:^]+:\d+", name):
+            raise InputError(f"{role} '{name}' is not a tensor name like 'x:0'")
+        if _op_name(name) not in nodes:
+            raise InputError(f"{role} tensor '{name}' is not in the graph")
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _value_info(vi) -> dict:
+    t = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    import onnx
+
+    return {"name": vi.name, "shape": dims, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower()}
+
+
+def _all_nodes(graph):
+    """Every node of an ONNX graph, subgraphs (If/Loop bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def count_ops(graph) -> Counter:
+    """op_type → count, subgraphs included."""
+    return Counter(n.op_type for n in _all_nodes(graph))
+
+
+def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, opset: int = 17,
+                input_shapes: dict[str, list[int]] | None = None) -> dict:
+    """Convert with tf2onnx, check with ``onnx.checker``, write ``path`` atomically.
+
+    ``input_shapes`` (optional, TF name → dims, None for a dynamic dim) overrides the
+    placeholders' declared shapes; without it unknown dims stay dynamic in the ONNX model.
+    Returns ``{"opset", "ops", "inputs", "outputs", "onnx_names"}``. tf2onnx failures raise
+    :class:`UnsupportedError` (unsupported ops) or :class:`InputError`, one line each.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    check_tensors(graph_def, inputs, "input")
+    check_tensors(graph_def, outputs, "output")
+    shape_override = None
+    if input_shapes:
+        unknown = set(input_shapes) - set(inputs)
+        if unknown:
+            raise InputError(f"input shape given for '{sorted(unknown)[0]}', which is not an input")
+        shape_override = {k: [-1 if d is None else int(d) for d in v] for k, v in input_shapes.items()}
+
+    from bnconvert.tfproto import tf as _tf
+
+    _tf()  # sets TF_USE_LEGACY_KERAS before tf2onnx imports tensorflow
+    import onnx
+    import tf2onnx
+
+    try:
+        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                  opset=opset, shape_override=shape_override)
+    except Exception as e:  # noqa: BLE001 - tf2onnx raises ValueError/KeyError/RuntimeError/...
+        msg = _one_line(e)
+        if "nsupported" in msg or "not supported" in msg:
+            raise UnsupportedError(f"tf2onnx cannot convert the graph: {msg}") from None
+        raise InputError(f"tf2onnx failed on the graph: {msg}") from None
+    unconverted = sorted({n.op_type for n in _all_nodes(model.graph)
+                          if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
+    if unconverted:
+        raise UnsupportedError(f"tf2onnx cannot convert TF op(s) {', '.join(unconverted)} "
+                               f"(no ONNX equivalent at opset {opset})")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 - onnx.checker.ValidationError
+        raise UnsupportedError(f"tf2onnx produced an invalid ONNX model: {_one_line(e)}") from None
+    write_atomic(path, model.SerializeToString())
+
+    onnx_in = [vi.name for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
+    onnx_out = [vi.name for vi in model.graph.output]
+    names = {}
+    for tf_names, onnx_names in ((inputs, onnx_in), (outputs, onnx_out)):
+        for i, n in enumerate(tf_names):
+            if n in onnx_names:
+                names[n] = n
+            elif _op_name(n) in onnx_names:
+                names[n] = _op_name(n)
+            elif len(tf_names) == len(onnx_names):
+                names[n] = onnx_names[i]
+    return {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset),
+        "ops": dict(sorted(count_ops(model.graph).items())),
+        "inputs": [_value_info(vi) for vi in model.graph.input if vi.name in onnx_in],
+        "outputs": [_value_info(vi) for vi in model.graph.output],
+        "onnx_names": names,
+    }
+
+
+def onnx_bn_leftovers(model_or_path) -> list[str]:
+    """``"OpType:node_name"`` for every BatchNormalization, If, Sqrt and Reciprocal node.
+
+    Subgraphs (If branches) are searched too. Empty means nothing BN-derived is left.
+    """
+    import onnx
+
+    model = model_or_path
+    if not hasattr(model, "graph"):
+        model = onnx.load(os.fspath(model_or_path), load_external_data=False)
+
+    found = [f"{n.op_type}:{n.name}" for n in _all_nodes(model.graph) if n.op_type in BN_LEFTOVER_OPS]
+    return found

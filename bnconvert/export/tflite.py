@@ -1,0 +1,96 @@
+"""Export a folded, frozen GraphDef to a float32 TFLite model with TensorFlow's converter.
+
+The graph is imported into a ``tf.compat.v1`` session with every input placeholder given its
+concrete shape, then converted with ``tf.compat.v1.lite.TFLiteConverter.from_session`` (works
+in TF 2.21 for GraphDefs with unknown batch dims; ``from_concrete_functions`` on a
+``wrap_function`` also works but takes TF's deprecated path). TFLite keeps TF names without the
+``":0"``: ``"x:0"`` → ``"x"``, ``"split:1"`` → ``"split:1"``; the mapping is returned.
+"""
+from __future__ import annotations
+
+import re
+
+from bnconvert.errors import InputError, UnsupportedError
+from bnconvert.export.onnx import check_tensors, write_atomic
+
+_PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault", "PlaceholderV2")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """The converter's messages span pages: keep the first line that names an error."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    ops = [ln.split(":", 1)[1].strip() for ln in lines if re.match(r"(TF Select|Custom) ops:", ln)]
+    if ops:
+        return f"ops not among TFLite's builtins: {', '.join(ops)}"
+    pick = next((ln for ln in lines if re.search(r"error:|not supported|neither a custom op", ln)), None)
+    text = pick or (lines[0] if lines else type(e).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _concrete(name: str, shape) -> list[int]:
+    if shape is None:
+        raise InputError(f"TFLite export needs a concrete shape for input '{name}' (--input-shape)")
+    dims = list(shape)
+    if any(d is None or int(d) < 0 for d in dims):
+        raise InputError(f"TFLite export needs a concrete shape for input '{name}', got {dims} (--input-shape)")
+    return [int(d) for d in dims]
+
+
+def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]]) -> dict:
+    """Convert to float32 TFLite, write ``path`` atomically.
+
+    Every input must be a placeholder with a concrete shape in ``input_shapes``. Returns
+    ``{"ops": {builtin op: count}, "input_shapes", "inputs", "outputs", "tflite_names"}``.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    check_tensors(graph_def, inputs, "input")
+    check_tensors(graph_def, outputs, "output")
+    shapes = {n: _concrete(n, (input_shapes or {}).get(n)) for n in inputs}
+
+    from bnconvert.tfproto import tf as _tf
+
+    tf = _tf()
+    gd = tf.compat.v1.GraphDef()
+    gd.CopyFrom(graph_def)
+    by_name = {n.name: n for n in gd.node}
+    for name in inputs:
+        node = by_name[name.split(":")[0]]
+        if node.op not in _PLACEHOLDERS:
+            raise UnsupportedError(f"TFLite export feeds placeholders only; input '{name}' is a {node.op}")
+        if node.op != "Placeholder":  # a fed PlaceholderWithDefault: drop its default
+            node.op = "Placeholder"
+            del node.input[:]
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(shapes[name]).as_proto())
+
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf.compat.v1.import_graph_def(gd, name="")
+        except ValueError as e:
+            raise InputError(f"input shapes do not fit the graph: {_one_line(e)}") from None
+    with tf.compat.v1.Session(graph=graph) as sess:
+        in_t = [graph.get_tensor_by_name(n) for n in inputs]
+        out_t = [graph.get_tensor_by_name(n) for n in outputs]
+        try:
+            converter = tf.compat.v1.lite.TFLiteConverter.from_session(sess, in_t, out_t)
+            flat = converter.convert()
+        except Exception as e:  # noqa: BLE001 - ConverterError, ValueError, ...
+            raise UnsupportedError(f"the TFLite converter failed: {_one_line(e)}") from None
+    write_atomic(path, flat)
+
+    from bnconvert.verify.runners import tflite_interpreter, tflite_name_map
+
+    interp = tflite_interpreter(bytes(flat))
+    ops: dict[str, int] = {}
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only op listing the interpreter offers
+        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    names = tflite_name_map(interp, inputs, outputs)
+    return {
+        "ops": dict(sorted(ops.items())),
+        "input_shapes": shapes,
+        "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
+                   for d in interp.get_input_details()],
+        "outputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
+                    for d in interp.get_output_details()],
+        "tflite_names": names,
+    }

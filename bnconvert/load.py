@@ -1,0 +1,288 @@
+"""Load a TF1 model as a frozen GraphDef.
+
+Accepted: a binary GraphDef (``.pb``), a text GraphDef (``.pbtxt``/``.txt``), a TF1 checkpoint
+(``.meta`` plus its variables, or a folder holding a ``checkpoint`` file), and a TF1 SavedModel
+folder (tag ``serve``; the signature ``serving_default`` — or the only one — names inputs and
+outputs).  Checkpoints and SavedModels are frozen on load (variables become constants).
+
+Every loaded graph is checked: it must parse, hold at least one node, name only inputs that
+exist, use ops TensorFlow knows and contain no cycle.  Reference-typed ops left behind by
+freezing a graph whose update ops sit on the output path (contrib ``updates_collections=None``;
+TensorFlow refuses it with "…was passed float … expected float_ref") are rewritten to their
+value-typed twins — RefSwitch→Switch, AssignSub→Sub, AssignAdd→Add, Assign→Identity — which
+compute the same outputs.  The file itself is only read.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from . import tfproto
+from .errors import GraphError, InputError
+from .graph import Graph
+
+#: Protocol buffers cannot hold more than 2 GiB; bigger files are refused before parsing.
+MAX_PROTO_BYTES = 2**31 - 1
+
+_REF_TWINS = {
+    "RefSwitch": "Switch",
+    "RefMerge": "Merge",
+    "RefIdentity": "Identity",
+    "RefEnter": "Enter",
+    "RefExit": "Exit",
+    "RefNextIteration": "NextIteration",
+    "RefSelect": "Select",
+    "AssignSub": "Sub",
+    "AssignAdd": "Add",
+    "Assign": "Identity",
+}
+_DROP_ATTRS = ("use_locking", "validate_shape")
+
+
+@dataclass
+class Model:
+    """A loaded, frozen model: the GraphDef plus what the file said about it."""
+
+    graph_def: object
+    path: str
+    format: str
+    inputs: list[str] | None = None  # from a SavedModel signature
+    outputs: list[str] | None = None
+    repairs: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def stem(self) -> str:
+        base = os.path.basename(os.path.normpath(self.path))
+        for ext in (".pbtxt", ".pb", ".meta", ".txt"):
+            if base.endswith(ext):
+                return base[: -len(ext)]
+        return base
+
+
+def load(path: str, outputs: list[str] | None = None) -> Model:
+    """Read ``path`` (any supported format) into a checked, frozen :class:`Model`.
+
+    ``outputs`` only matters for checkpoints: it names what to freeze (default: every node,
+    pruned later to the inference path).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+            model = _load_saved_model(path)
+        elif os.path.exists(os.path.join(path, "checkpoint")):
+            model = _load_checkpoint(_latest_meta(path), outputs)
+        else:
+            raise InputError(f"{path}: a folder that is neither a SavedModel (no saved_model.pb) nor a checkpoint folder")
+    elif path.endswith(".meta"):
+        model = _load_checkpoint(path, outputs)
+    else:
+        model = _load_graph_file(path)
+    gd, repairs = repair_ref_ops(model.graph_def)
+    model.graph_def = gd
+    model.repairs = repairs
+    check_graph(model.graph_def, path)
+    return model
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    if size > MAX_PROTO_BYTES:
+        raise InputError(f"{path}: {size} bytes is over protobuf's 2 GiB limit; split the model or export it as a SavedModel")
+    if size == 0:
+        raise InputError(f"{path}: empty file")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _load_graph_file(path: str) -> Model:
+    data = _read_bytes(path)
+    gd = tfproto.new_graph_def()
+    text = path.endswith((".pbtxt", ".txt"))
+    fmt = "pbtxt" if text else "pb"
+    if text:
+        _parse_text(data, gd, path)
+    else:
+        try:
+            gd.ParseFromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError and friends
+            raise InputError(f"{path}: not a binary GraphDef ({_short(e)})") from e
+    if not gd.node:
+        raise InputError(f"{path}: holds no graph nodes (not a TensorFlow GraphDef?)")
+    return Model(gd, path, fmt, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _parse_text(data: bytes, gd, path: str) -> None:
+    from google.protobuf import text_format
+
+    try:
+        text_format.Merge(data.decode("utf-8"), gd)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text GraphDef (not UTF-8 text)") from e
+    except text_format.ParseError as e:
+        raise InputError(f"{path}: text GraphDef syntax error at {_short(e)}") from e
+
+
+def _short(e: Exception) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg[:200]
+
+
+def check_graph(graph_def, path: str = "graph") -> None:
+    """Structural checks that need no execution: names, inputs, known ops, no cycle."""
+    g = Graph(graph_def)
+    for n in g.nodes.values():
+        if not n.op:
+            raise GraphError(f"{path}: node '{n.name}' has no op type (corrupt GraphDef?)")
+    _check_inputs(g, path)
+    lib_ops = {f.signature.name for f in graph_def.library.function}
+    for n in g.nodes.values():
+        if n.op not in lib_ops and not tfproto.op_registered(n.op):
+            raise GraphError(f"{path}: unknown op '{n.op}' (node '{n.name}')")
+    try:
+        g.topo_order()
+    except GraphError as e:
+        raise GraphError(f"{path}: {e}") from None
+
+
+def _check_inputs(g: Graph, path: str) -> None:
+    try:
+        g.check_inputs_exist()
+    except GraphError as e:
+        raise GraphError(f"{path}: {e}") from None
+
+
+def repair_ref_ops(graph_def):
+    """Rewrite reference-typed ops to value-typed twins; returns (new GraphDef, counts)."""
+    counts: dict[str, int] = {}
+    if not any(n.op in _REF_TWINS or _has_ref_type(n) for n in graph_def.node):
+        return graph_def, counts
+    gd = tfproto.new_graph_def()
+    gd.CopyFrom(graph_def)
+    for n in gd.node:
+        if n.op in _REF_TWINS:
+            counts[n.op] = counts.get(n.op, 0) + 1
+            if n.op == "Assign":  # Assign(ref, value) returns the new value
+                data = [s for s in n.input if not s.startswith("^")]
+                ctrl = [s for s in n.input if s.startswith("^")]
+                del n.input[:]
+                n.input.extend(data[1:2] + ctrl)
+            n.op = _REF_TWINS[n.op]
+            for a in _DROP_ATTRS:
+                if a in n.attr:
+                    del n.attr[a]
+        for key in list(n.attr):
+            a = n.attr[key]
+            if a.WhichOneof("value") == "type" and a.type > 100:
+                a.type -= 100
+    return gd, counts
+
+
+def _has_ref_type(n) -> bool:
+    return any(a.WhichOneof("value") == "type" and a.type > 100 for a in n.attr.values())
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _latest_meta(folder: str) -> str:
+    tf = tfproto.tf()
+    prefix = tf.train.latest_checkpoint(folder)
+    if not prefix or not os.path.exists(prefix + ".meta"):
+        raise InputError(f"{folder}: checkpoint folder without a readable .meta graph")
+    return prefix + ".meta"
+
+
+_SAVER_OPS = {"SaveV2", "RestoreV2", "Save", "Restore", "RestoreSlice", "SaveSlices", "MergeV2Checkpoints", "ShardedFilename", "StringJoin"}
+
+
+def _load_checkpoint(meta_path: str, outputs: list[str] | None) -> Model:
+    tf = tfproto.tf()
+    data = _read_bytes(meta_path)
+    prefix = meta_path[: -len(".meta")]
+    if not (os.path.exists(prefix + ".index") or os.path.exists(prefix)):
+        raise InputError(f"{meta_path}: no variables beside it ({os.path.basename(prefix)}.index missing)")
+    graph = tf.Graph()
+    try:
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+            saver = tf.compat.v1.train.import_meta_graph(meta_path, clear_devices=True)
+            if saver is None:
+                raise InputError(f"{meta_path}: the graph has no variables to restore")
+            saver.restore(sess, prefix)
+            gd = graph.as_graph_def()
+            frozen = _freeze(tf, sess, gd, outputs)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{meta_path}: cannot restore the checkpoint ({_short(e)})") from e
+    return Model(frozen, meta_path, "checkpoint", sha256=hashlib.sha256(data).hexdigest())
+
+
+def _freeze(tf, sess, gd, outputs):
+    """Variables → constants, keeping every node that is not saver/initializer machinery."""
+    if outputs:
+        keep = sorted({o.split(":")[0] for o in outputs})
+    else:
+        saver_scopes = {n.name.split("/")[0] for n in gd.node if n.op in _SAVER_OPS}
+        keep = []
+        for n in gd.node:
+            scope = n.name.split("/")[0]
+            if scope in saver_scopes or n.op in _SAVER_OPS or n.name.endswith("/Assign") or n.op == "NoOp":
+                continue
+            if n.op.startswith(("Assign", "Apply", "ResourceApply", "AssignVariable")):
+                continue
+            keep.append(n.name)
+    known = {n.name for n in gd.node}
+    missing = [k for k in keep if k not in known]
+    if missing:
+        raise InputError(f"output '{missing[0]}' is not in the graph")
+    with _quiet():
+        return tf.compat.v1.graph_util.convert_variables_to_constants(sess, gd, keep)
+
+
+class _quiet:
+    """Silence TensorFlow's deprecation logging for one call."""
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("tensorflow")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+
+
+def _load_saved_model(folder: str) -> Model:
+    tf = tfproto.tf()
+    graph = tf.Graph()
+    try:
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], folder)
+            sigs = dict(meta.signature_def)
+            if not sigs:
+                raise InputError(f"{folder}: SavedModel has no signature")
+            sig = sigs.get("serving_default") or sigs[sorted(sigs)[0]]
+            inputs = [v.name for _, v in sorted(sig.inputs.items())]
+            outputs = [v.name for _, v in sorted(sig.outputs.items())]
+            gd = graph.as_graph_def()
+            frozen = _freeze(tf, sess, gd, outputs + inputs)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{folder}: cannot load the SavedModel with tag 'serve' ({_short(e)})") from e
+    digest = hashlib.sha256()
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                digest.update(f.read())
+    return Model(frozen, folder, "savedmodel", inputs=inputs, outputs=outputs, sha256=digest.hexdigest())

@@ -1,0 +1,286 @@
+"""Recognise batch norms in an inference-mode graph.  Matching never edits the graph.
+
+Forms:
+
+* ``FusedBatchNorm`` / ``FusedBatchNormV2`` / ``FusedBatchNormV3`` with ``is_training=False``
+  (NHWC, NCHW, NDHWC, NCDHW);
+* ``BatchNormWithGlobalNormalization`` (old graphs; NHWC; ``scale_after_normalization``);
+* the decomposed chain of ``tf.nn.batch_normalization``, matched by structure, not by name:
+  ``Add|AddV2(Mul(x, A), B)`` (operands in either order) where ``A`` and ``B`` are computed
+  from constants alone and ``A`` involves a ``Rsqrt`` (or ``Sqrt``/``Reciprocal``/``RealDiv``)
+  of a constant — with or without gamma, with or without beta (``Sub`` or ``Neg``), ``Add`` or
+  ``AddV2``, parameters behind ``Identity`` reads or reshaped to ``[1, C, 1, 1]`` (NCHW).
+
+Each match is an immutable :class:`BNMatch` holding the per-channel scale ``s`` and shift ``t``
+(float64) so that ``y = x * s + t``.  Statistics are validated here: NaN/inf, negative
+variance or ``variance + epsilon == 0`` raise :class:`StatisticsError` naming the node.
+Batch norms whose statistics are not constants are reported by :func:`unresolved_bns`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import arith
+from .errors import StatisticsError, UnsupportedError
+from .graph import Graph, node_of, tensor_name
+
+FUSED_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+BNWGN = "BatchNormWithGlobalNormalization"
+_AXIS_FROM_END = {"NHWC": -1, "NDHWC": -1, "NCHW": -3, "NCDHW": -4}
+_RANK = {"NHWC": 4, "NCHW": 4, "NDHWC": 5, "NCDHW": 5}
+_INV_SQRT_OPS = ("Rsqrt", "Sqrt", "Reciprocal", "RealDiv", "Inv")
+
+
+@dataclass(frozen=True)
+class BNMatch:
+    """One batch norm: ``y = x * scale + shift`` along ``axis`` (counted from the end)."""
+
+    name: str  # a readable name: the BN's scope
+    form: str  # "FusedBatchNormV3", "BatchNormWithGlobalNormalization", "decomposed"
+    x: str  # the normalised tensor
+    y: str  # the BN's output tensor
+    scale: np.ndarray = field(repr=False)
+    shift: np.ndarray = field(repr=False)
+    axis: int  # channel axis, negative (-1 = last)
+    param_shape: tuple  # broadcast shape of scale/shift for the Mul+Add form
+    nodes: frozenset  # nodes that make up the BN (removed once replaced)
+    epsilon: float | None = None
+    details: tuple = ()  # (key, value) pairs for the report
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.size)
+
+
+def _scope(name: str) -> str:
+    """``bn/batchnorm_1/add_1`` -> ``bn``; a name without scope stays as it is."""
+    parts = name.split("/")[:-1]
+    if parts and parts[-1].startswith("batchnorm"):
+        parts = parts[:-1]
+    return "/".join(parts) or name
+
+
+def _fused_scope(name: str) -> str:
+    """``bn/cond/FusedBatchNormV3_1`` -> ``bn``; ``conv1/BatchNorm/FusedBatchNorm`` -> ``conv1/BatchNorm``."""
+    parts = name.split("/")
+    if len(parts) > 1 and parts[-1].startswith("FusedBatchNorm"):
+        parts = parts[:-1]
+        if parts and (parts[-1] == "cond" or parts[-1].startswith("cond_")):
+            parts = parts[:-1]
+    return "/".join(parts) or name
+
+
+def _const_param(g: Graph, bn_name: str, tensor: str, what: str) -> np.ndarray:
+    v = g.const(tensor, wide=True)
+    if v is None:
+        raise UnsupportedError(f"BN '{bn_name}': {what} is not a constant ({describe_source(g, tensor)})")
+    return v
+
+
+def describe_source(g: Graph, tensor: str) -> str:
+    """Where a non-constant value comes from, in words, for error messages."""
+    seen = set()
+    stack = [tensor_name(tensor)]
+    while stack:
+        t = stack.pop()
+        node = g.get(t)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op in ("Placeholder", "PlaceholderWithDefault"):
+            return f"fed by placeholder '{node.name}'"
+        if node.op in ("VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"):
+            return f"read from unfrozen variable '{node.name}'; freeze the graph first"
+        if node.op in ("Mean", "Moments", "SquaredDifference") or "moments" in node.name.split("/"):
+            return f"computed from the batch by '{node.name}' (training mode)"
+        if node.op == "Switch":
+            return f"chosen at run time by Switch '{node.name}' (a training flag that is not constant)"
+        if node.op != "Const":
+            stack.extend(g.inputs(node))
+    return "not computable from constants"
+
+
+def _check_stats(bn_name: str, mean, var, eps, gamma=None, beta=None) -> None:
+    problem = arith.statistics_problem(mean, var, eps, gamma, beta)
+    if problem:
+        raise StatisticsError(f"BN '{bn_name}': {problem}")
+
+
+def match_fused(g: Graph, node) -> BNMatch:
+    if node.attr["is_training"].b if "is_training" in node.attr else True:
+        raise UnsupportedError(
+            f"BN '{node.name}' ({node.op}) runs in training mode (is_training=True is baked into the graph, "
+            "no training flag selects it); bnconvert folds only moving statistics"
+        )
+    x, gamma_t, beta_t, mean_t, var_t = g.inputs(node)[:5]
+    gamma = _const_param(g, node.name, gamma_t, "scale (gamma)")
+    beta = _const_param(g, node.name, beta_t, "offset (beta)")
+    mean = _const_param(g, node.name, mean_t, "mean")
+    var = _const_param(g, node.name, var_t, "variance")
+    eps = float(node.attr["epsilon"].f) if "epsilon" in node.attr else 1e-4
+    _check_stats(node.name, mean, var, eps, gamma, beta)
+    s, t = arith.scale_shift(mean, var, eps, gamma, beta)
+    fmt = g.attr(node, "data_format", "NHWC")
+    if fmt not in _AXIS_FROM_END:
+        raise UnsupportedError(f"BN '{node.name}': unknown data_format '{fmt}'")
+    axis = _AXIS_FROM_END[fmt]
+    shape = (s.size,) + (1,) * (-axis - 1)
+    return BNMatch(
+        name=_fused_scope(node.name), form=node.op, x=x, y=f"{node.name}:0", scale=s, shift=t, axis=axis,
+        param_shape=shape, nodes=frozenset([node.name]), epsilon=eps,
+        details=(("data_format", fmt), ("rank", _RANK[fmt])),
+    )
+
+
+def match_bnwgn(g: Graph, node) -> BNMatch:
+    x, mean_t, var_t, beta_t, gamma_t = g.inputs(node)[:5]
+    mean = _const_param(g, node.name, mean_t, "mean")
+    var = _const_param(g, node.name, var_t, "variance")
+    beta = _const_param(g, node.name, beta_t, "beta")
+    scale_after = bool(node.attr["scale_after_normalization"].b)
+    gamma = _const_param(g, node.name, gamma_t, "gamma") if scale_after else None
+    eps = float(node.attr["variance_epsilon"].f)
+    _check_stats(node.name, mean, var, eps, gamma, beta)
+    s, t = arith.scale_shift(mean, var, eps, gamma, beta)
+    return BNMatch(
+        name=node.name, form=BNWGN, x=x, y=f"{node.name}:0", scale=s, shift=t, axis=-1,
+        param_shape=(s.size,), nodes=frozenset([node.name]), epsilon=eps,
+        details=(("data_format", "NHWC"), ("scale_after_normalization", scale_after)),
+    )
+
+
+def _const_ancestors(g: Graph, tensor: str) -> list:
+    """Nodes of the constant subgraph computing ``tensor`` (stops at Const)."""
+    out, seen, stack = [], set(), [tensor_name(tensor)]
+    while stack:
+        node = g.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        out.append(node)
+        if node.op != "Const":
+            stack.extend(g.inputs(node))
+    return out
+
+
+def match_decomposed(g: Graph, add) -> BNMatch | None:
+    """``Add(Mul(x, A), B)`` with constant A (involving an inverse square root) and B."""
+    ins = g.inputs(add)
+    if len(ins) != 2:
+        return None
+    for mul_t, b_t in ((ins[0], ins[1]), (ins[1], ins[0])):
+        mul = g.get(mul_t)
+        if mul is None or mul.op != "Mul" or not mul_t.endswith(":0"):
+            continue
+        b = g.const(b_t, wide=True)
+        if b is None:
+            continue
+        m_ins = g.inputs(mul)
+        for x_t, a_t in ((m_ins[0], m_ins[1]), (m_ins[1], m_ins[0])):
+            if g.const(x_t) is not None:
+                continue
+            a = g.const(a_t, wide=True)
+            if a is None:
+                continue
+            sub = _const_ancestors(g, a_t)
+            inv = [n for n in sub if n.op in _INV_SQRT_OPS]
+            if not any(n.op in ("Rsqrt", "Sqrt") for n in inv):
+                continue
+            return _decomposed_match(g, add, mul, x_t, a, b, sub, a_t, b_t)
+    return None
+
+
+def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None:
+    name = _scope(add.name)
+    # validate the statistics: the variance feeds the inverse square root
+    rs = next(n for n in a_sub if n.op in ("Rsqrt", "Sqrt"))
+    var_eps_t = g.inputs(rs)[0]
+    var_eps_node = g.get(var_eps_t)
+    eps = None
+    if var_eps_node is not None and var_eps_node.op in ("Add", "AddV2"):
+        p, q = (g.const(t, wide=True) for t in g.inputs(var_eps_node))
+        if p is not None and q is not None:
+            var, eps = (p, q) if p.size >= q.size else (q, p)
+            eps_f = float(np.asarray(eps).reshape(-1)[0]) if np.asarray(eps).size == 1 else 0.0
+            problem = arith.statistics_problem(np.zeros_like(var), var, eps_f)
+            if problem:
+                raise StatisticsError(f"BN '{name}': {problem} (node '{var_eps_node.name}')")
+            eps = eps_f
+    ve = g.const(var_eps_t, wide=True)
+    if ve is not None and np.any(ve <= 0):
+        raise StatisticsError(f"BN '{name}': variance + epsilon is not positive (node '{rs.name}')")
+    for v, what in ((a, "scale"), (b, "shift")):
+        if not np.all(np.isfinite(v)):
+            bad = next((n.name for n in _const_ancestors(g, b_t if what == "shift" else a_t)
+                        if n.op == "Const" and not np.all(np.isfinite(g.const(n.name + ":0", wide=True)))), add.name)
+            raise StatisticsError(f"BN '{name}': statistics hold NaN or inf (node '{bad}')")
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    axis, shape, c = _broadcast_axis(a, b)
+    if axis is None:
+        return None
+    s = np.broadcast_to(a.reshape(-1) if a.size == c else np.full(c, a.reshape(-1)[0]), (c,)).copy()
+    t = np.broadcast_to(b.reshape(-1) if b.size == c else np.full(c, b.reshape(-1)[0]), (c,)).copy()
+    return BNMatch(
+        name=name, form="decomposed", x=x_t, y=f"{add.name}:0", scale=s, shift=t, axis=axis,
+        param_shape=shape, nodes=frozenset([add.name, mul.name]), epsilon=eps,
+        details=(("add_op", add.op),),
+    )
+
+
+def _broadcast_axis(a: np.ndarray, b: np.ndarray):
+    """Channel axis (negative) and parameter shape from the constants' shapes."""
+    ref = a if a.size >= b.size else b
+    c = int(ref.size)
+    for v in (a, b):
+        if v.size not in (1, c):
+            return None, None, None
+    if ref.ndim == 0 or c == 1 and ref.ndim <= 1:
+        return -1, tuple(ref.shape) or (1,), c
+    non1 = [i for i, d in enumerate(ref.shape) if d != 1]
+    if len(non1) > 1:
+        return None, None, None
+    i = non1[0] if non1 else ref.ndim - 1
+    axis = i - ref.ndim
+    shape = tuple(ref.shape[i:])
+    return axis, shape, c
+
+
+def find_bns(g: Graph, refused: list | None = None) -> list[BNMatch]:
+    """Every BN in the graph, in graph order.
+
+    A BN that cannot be used (bad statistics, training mode, non-constant parameters) raises,
+    unless ``refused`` is a list: then ``(node name, op, message)`` is appended and matching
+    goes on (``inspect`` reports them all).
+    """
+    out = []
+    for node in list(g.nodes.values()):
+        try:
+            if node.op in FUSED_OPS:
+                out.append(match_fused(g, node))
+            elif node.op == BNWGN:
+                out.append(match_bnwgn(g, node))
+            elif node.op in ("Add", "AddV2"):
+                m = match_decomposed(g, node)
+                if m is not None:
+                    out.append(m)
+        except (StatisticsError, UnsupportedError) as e:
+            if refused is None:
+                raise
+            refused.append((node.name, node.op, str(e)))
+    return out
+
+
+def unresolved_bns(g: Graph) -> list[str]:
+    """One line per BN-looking op left that no match covers (a training-mode chain)."""
+    problems = []
+    for node in g.nodes.values():
+        if node.op in FUSED_OPS + (BNWGN,):
+            problems.append(f"{node.op} '{node.name}' is still in the graph")
+        elif node.op == "Rsqrt":
+            src = g.inputs(node)[0]
+            if g.const(src) is None:
+                problems.append(f"BN at '{node_of(node.name)}' has statistics that are not constant ({describe_source(g, src)})")
+    return problems

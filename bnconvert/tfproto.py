@@ -1,0 +1,116 @@
+"""TensorFlow protobuf helpers, imported lazily so ``import bnconvert`` stays light.
+
+Everything that touches TensorFlow's proto classes goes through here.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def tf():
+    """Import TensorFlow (v1 graph APIs) on first use, quietly.
+
+    TensorFlow's C++ start-up chatter (absl/CUDA probing) goes to file descriptor 2 before any
+    logging setting applies; unless TF_CPP_MIN_LOG_LEVEL is 0 it is silenced for the import.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
+    saved = None
+    if quiet:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            saved = None
+    try:
+        import tensorflow as _tf
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return _tf
+
+
+def graph_def_class():
+    tf()
+    from tensorflow.core.framework import graph_pb2  # noqa: heavy, lazy
+
+    return graph_pb2.GraphDef
+
+
+def new_graph_def():
+    return graph_def_class()()
+
+
+def make_ndarray(tensor_proto) -> np.ndarray:
+    tf()
+    from tensorflow.python.framework import tensor_util
+
+    return np.array(tensor_util.MakeNdarray(tensor_proto))
+
+
+def make_tensor_proto(value: np.ndarray):
+    tf()
+    from tensorflow.python.framework import tensor_util
+
+    return tensor_util.make_tensor_proto(np.asarray(value), dtype=_tf_dtype(value.dtype), shape=value.shape)
+
+
+def _tf_dtype(np_dt):
+    t = tf()
+    return t.dtypes.as_dtype(np.dtype(np_dt))
+
+
+def dtype_attr(np_dt):
+    tf()
+    from tensorflow.core.framework import attr_value_pb2
+
+    return attr_value_pb2.AttrValue(type=_tf_dtype(np_dt).as_datatype_enum)
+
+
+def type_attr(enum: int):
+    tf()
+    from tensorflow.core.framework import attr_value_pb2
+
+    return attr_value_pb2.AttrValue(type=enum)
+
+
+def string_attr(s: str):
+    tf()
+    from tensorflow.core.framework import attr_value_pb2
+
+    return attr_value_pb2.AttrValue(s=s.encode())
+
+
+def bool_attr(b: bool):
+    tf()
+    from tensorflow.core.framework import attr_value_pb2
+
+    return attr_value_pb2.AttrValue(b=b)
+
+
+def np_dtype(enum: int) -> np.dtype:
+    t = tf()
+    return np.dtype(t.dtypes.as_dtype(enum).as_numpy_dtype)
+
+
+def dtype_name(enum: int) -> str:
+    t = tf()
+    return t.dtypes.as_dtype(enum).name
+
+
+def op_registered(op: str) -> bool:
+    tf()
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(op) is not None

@@ -1,0 +1,262 @@
+"""Run a graph or model on one runtime and return its outputs keyed by TF tensor names.
+
+- :func:`run_tf`: the GraphDef in a fresh ``tf.compat.v1`` graph on CPU (refuses unsafe ops).
+- :func:`run_onnx`: onnxruntime, CPU or CUDA (TF32 off). Needs numpy + onnxruntime only.
+- :func:`run_tflite`: the TFLite interpreter (``ai_edge_litert`` if installed, else ``tf.lite``).
+
+TensorFlow is imported only inside ``run_tf`` / ``run_tflite``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import numpy as np
+
+from bnconvert.errors import GraphError, InputError
+from bnconvert.safety import check_safe
+
+#: ``provider`` argument → onnxruntime provider name
+ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+#: provider options bnconvert always sets (TF32 is ~1e-3 relative: see docs/GPU.md)
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _strip0(name: str) -> str:
+    return name[:-2] if name.endswith(":0") else name
+
+
+def match_names(wanted: list[str], available: list[str], what: str, by_order: bool = True
+                ) -> tuple[dict[str, str], str]:
+    """Map TF tensor names to a runtime's tensor names.
+
+    Tries, for each name: exact match; with ``":0"`` stripped or added; with a
+    ``serving_default_`` prefix removed from the runtime names. If any name stays unmatched,
+    ``by_order`` is set and the counts agree, falls back to position (the order given at
+    export). Returns the mapping and how it was made ("name" or "order").
+    """
+    def norm(n: str) -> str:
+        n = re.sub(r"^serving_default_", "", n)
+        return _strip0(n)
+
+    by_norm: dict[str, list[str]] = {}
+    for a in available:
+        by_norm.setdefault(norm(a), []).append(a)
+    mapping = {}
+    for w in wanted:
+        if w in available:
+            mapping[w] = w
+        elif len(by_norm.get(norm(w), [])) == 1:
+            mapping[w] = by_norm[norm(w)][0]
+    if len(mapping) == len(wanted) and len(set(mapping.values())) == len(wanted):
+        return mapping, "name"
+    if by_order and len(wanted) == len(available):
+        return dict(zip(wanted, available)), "order"
+    missing = [w for w in wanted if w not in mapping]
+    raise InputError(f"{what} has no tensor '{missing[0]}' (it has: {', '.join(available)})")
+
+
+# ---------------------------------------------------------------------------- TensorFlow
+
+def run_tf(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
+           allow_unsafe: bool = False, what: str = "") -> dict[str, np.ndarray]:
+    """Run ``graph_def`` on CPU, feeding ``feeds`` plus the training ``flags`` (name → bool).
+
+    The graph is imported with ``name=""`` so tensor names are the GraphDef's own. Unsafe ops
+    (see :mod:`bnconvert.safety`) raise :class:`UnsafeGraphError` unless ``allow_unsafe``.
+    """
+    check_safe(graph_def, allow_unsafe=allow_unsafe, what=what)
+    from bnconvert.tfproto import tf as _tf
+
+    tf = _tf()
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        except Exception as e:  # noqa: BLE001 - TF raises ValueError, KeyError, InvalidArgumentError...
+            raise GraphError(f"cannot import the graph into TensorFlow: {_one_line(e)}") from None
+
+    def tensor(name: str):
+        try:
+            return graph.get_tensor_by_name(_tensor_name(name))
+        except (KeyError, ValueError):
+            raise InputError(f"tensor '{name}' is not in the graph") from None
+
+    feed_dict = {tensor(k): np.asarray(v) for k, v in feeds.items()}
+    for k, v in (flags or {}).items():
+        feed_dict[tensor(k)] = np.asarray(bool(v))
+    fetches = [tensor(o) for o in outputs]
+    config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+    with tf.compat.v1.Session(graph=graph, config=config) as sess:
+        try:
+            values = sess.run(fetches, feed_dict)
+        except (tf.errors.InvalidArgumentError, ValueError) as e:
+            raise InputError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
+        except tf.errors.OpError as e:
+            raise GraphError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
+    return {o: np.asarray(v) for o, v in zip(outputs, values)}
+
+
+def _tensor_name(name: str) -> str:
+    return name if re.search(r":\d+$", name) else f"{name}:0"
+
+
+# ---------------------------------------------------------------------------- ONNX Runtime
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def onnx_session(path_or_bytes, provider: str = "cpu"):
+    """An onnxruntime InferenceSession on ``provider`` ("cpu" or "cuda", TF32 off).
+
+    Raises :class:`InputError` if CUDA is asked for but is not available or fails to load
+    (onnxruntime would otherwise fall back to CPU silently).
+    """
+    import onnxruntime as ort
+
+    if provider not in ONNX_PROVIDERS:
+        raise InputError(f"unknown ONNX provider '{provider}' (use one of: {', '.join(ONNX_PROVIDERS)})")
+    model = path_or_bytes
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str) and not os.path.isfile(model):
+        raise InputError(f"no such ONNX model: {model}")
+    if provider == "cuda":
+        if ONNX_PROVIDERS["cuda"] not in ort.get_available_providers():
+            raise InputError("the CUDA execution provider is not available in this onnxruntime "
+                             f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+        providers = [(ONNX_PROVIDERS["cuda"], dict(CUDA_OPTIONS)), ONNX_PROVIDERS["cpu"]]
+    else:
+        providers = [ONNX_PROVIDERS["cpu"]]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model, sess_options=opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        raise InputError(f"onnxruntime cannot load the model: {_one_line(e)}") from None
+    if provider == "cuda" and sess.get_providers()[0] != ONNX_PROVIDERS["cuda"]:
+        raise InputError("the CUDA execution provider failed to start (CUDA/cuDNN libraries missing?); "
+                         "onnxruntime fell back to CPU")
+    return sess
+
+
+def onnx_runtime_label(provider: str = "cpu") -> str:
+    return f"onnx:{ONNX_PROVIDERS.get(provider, provider)}"
+
+
+def run_onnx(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str], provider: str = "cpu",
+             session=None) -> dict[str, np.ndarray]:
+    """Run an ONNX model; ``feeds``/``outputs`` use TF names, mapped to the model's names.
+
+    ``path_or_bytes`` is a path, serialized bytes or an ``onnx.ModelProto``; pass ``session``
+    (from :func:`onnx_session`) to reuse one. Float inputs are cast to the model's input type.
+    """
+    sess = session if session is not None else onnx_session(path_or_bytes, provider)
+    in_meta = {i.name: i for i in sess.get_inputs()}
+    out_names = [o.name for o in sess.get_outputs()]
+    in_map, _ = match_names(list(feeds), list(in_meta), "the ONNX model's inputs", by_order=False)
+    out_map, _ = match_names(list(outputs), out_names, "the ONNX model's outputs", by_order=False)
+    ort_feeds = {}
+    for tf_name, value in feeds.items():
+        meta = in_meta[in_map[tf_name]]
+        arr = np.asarray(value)
+        want = _ORT_TYPES.get(meta.type)
+        if want is not None and arr.dtype != want:
+            if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating):
+                arr = arr.astype(want)
+            else:
+                raise InputError(f"input '{tf_name}' is {arr.dtype} but the ONNX model expects {meta.type}")
+        ort_feeds[meta.name] = arr
+    try:
+        values = sess.run([out_map[o] for o in outputs], ort_feeds)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"onnxruntime could not run the model: {_one_line(e)}") from None
+    return {o: np.asarray(v) for o, v in zip(outputs, values)}
+
+
+# ---------------------------------------------------------------------------- TFLite
+
+def tflite_interpreter(path_or_bytes):
+    """A TFLite interpreter: ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``."""
+    kwargs = {"model_content": bytes(path_or_bytes)} if isinstance(path_or_bytes, (bytes, bytearray)) \
+        else {"model_path": os.fspath(path_or_bytes)}
+    if "model_path" in kwargs and not os.path.isfile(kwargs["model_path"]):
+        raise InputError(f"no such TFLite model: {kwargs['model_path']}")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from bnconvert.tfproto import tf as _tf
+
+        Interpreter = _tf().lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        try:
+            return Interpreter(**kwargs)
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"cannot load the TFLite model: {_one_line(e)}") from None
+
+
+def tflite_name_map(interpreter, inputs: list[str], outputs: list[str]) -> dict:
+    """``{"inputs": {tf: tflite}, "outputs": {tf: tflite}, "matched_by": "name"|"order"}``."""
+    in_names = [d["name"] for d in interpreter.get_input_details()]
+    out_names = [d["name"] for d in interpreter.get_output_details()]
+    imap, how_i = match_names(list(inputs), in_names, "the TFLite model's inputs")
+    omap, how_o = match_names(list(outputs), out_names, "the TFLite model's outputs")
+    return {"inputs": imap, "outputs": omap, "matched_by": "order" if "order" in (how_i, how_o) else "name"}
+
+
+def run_tflite(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None
+               ) -> dict[str, np.ndarray]:
+    """Run a .tflite model (path or bytes). TF names are matched to TFLite names by name, else
+    by position: pass ``feeds`` and ``outputs`` in the order used at export. If ``mapping`` is a
+    dict it receives the mapping used (see :func:`tflite_name_map`).
+    """
+    interp = tflite_interpreter(path)
+    names = tflite_name_map(interp, list(feeds), list(outputs))
+    if mapping is not None:
+        mapping.clear()
+        mapping.update(names)
+    details = {d["name"]: d for d in interp.get_input_details()}
+    resized = False
+    for tf_name, value in feeds.items():
+        d = details[names["inputs"][tf_name]]
+        if tuple(d["shape"]) != np.shape(value):
+            interp.resize_tensor_input(d["index"], list(np.shape(value)))
+            resized = True
+    try:
+        interp.allocate_tensors()
+    except RuntimeError as e:
+        raise InputError(f"TFLite cannot take inputs of these shapes: {_one_line(e)}") from None
+    for tf_name, value in feeds.items():
+        d = details[names["inputs"][tf_name]]
+        arr = np.asarray(value)
+        if arr.dtype != d["dtype"]:
+            if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(d["dtype"], np.floating):
+                arr = arr.astype(d["dtype"])
+            else:
+                raise InputError(f"input '{tf_name}' is {arr.dtype} but the TFLite model expects "
+                                 f"{np.dtype(d['dtype'])}")
+        try:
+            interp.set_tensor(d["index"], arr)
+        except ValueError as e:
+            raise InputError(f"TFLite input '{tf_name}': {_one_line(e)}") from None
+    try:
+        interp.invoke()
+    except RuntimeError as e:
+        what = "after resizing inputs " if resized else ""
+        raise InputError(f"TFLite failed {what}to run the model: {_one_line(e)}") from None
+    out_details = {d["name"]: d for d in interp.get_output_details()}
+    return {o: np.array(interp.get_tensor(out_details[names["outputs"][o]]["index"])) for o in outputs}

@@ -1,0 +1,63 @@
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "fixtures")
+
+
+def fixture_specs(prefix: str = "") -> list[dict]:
+    """Every fixture's JSON (with "path" to its model added), sorted by name."""
+    specs = []
+    for jpath in sorted(glob.glob(os.path.join(FIXTURES, "*.json"))):
+        with open(jpath) as f:
+            spec = json.load(f)
+        if not isinstance(spec, dict) or "inputs" not in spec or "data" not in spec:
+            continue
+        name = os.path.basename(jpath)[: -len(".json")]
+        for ext in (".pb", ".pbtxt", ""):
+            cand = os.path.join(FIXTURES, name + ext)
+            if os.path.exists(cand) and (ext or os.path.isdir(cand)):
+                spec["path"] = cand
+                break
+        else:
+            continue
+        if name.startswith(prefix):
+            spec["name"] = name
+            specs.append(spec)
+    return specs
+
+
+def fixture_data(spec: dict) -> tuple[dict, dict]:
+    d = np.load(os.path.join(FIXTURES, spec["data"]))
+    feeds = {t: d[f"input_{i}"] for i, t in enumerate(spec["inputs"])}
+    expected = {t: d[f"output_{i}"] for i, t in enumerate(spec["outputs"])}
+    return feeds, expected
+
+
+def run_graph_def(graph_def, feeds: dict, outputs: list[str], flags: dict | None = None) -> dict:
+    """Run a GraphDef in real TensorFlow (test helper, independent of bnconvert.verify)."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        feed = dict(feeds)
+        for k, v in (flags or {}).items():
+            feed[k] = v
+        with tf.compat.v1.Session(graph=g) as s:
+            vals = s.run(outputs, feed)
+    return dict(zip(outputs, vals))
+
+
+@pytest.fixture
+def tmp_out(tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    return d
