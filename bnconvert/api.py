@@ -101,7 +101,7 @@ def fold(
     elif m.outputs:
         outs = endpoints.check_tensors(g, m.outputs, "output")
     else:
-        outs = endpoints.default_outputs(g, ins, flags)
+        outs = endpoints.default_outputs(g, ins, flags, exclude=inf.orphans)
     for t in ins:
         if node_of(t) in flags:
             raise InputError(f"input '{t}' is a training flag; it is set, not fed")

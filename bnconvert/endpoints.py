@@ -6,10 +6,12 @@ Run on the inference-mode graph (flags already constant):
   (Conv*, MatMul, a BN op) can be reached.  Other placeholders — labels, learning rates — are
   training scaffolding.  If no placeholder reaches a weighted layer, every placeholder is an input.
 * **Outputs** are tensors computed from the inputs alone (no label placeholder, not in a
-  ``gradients`` scope, not shape arithmetic) that either nothing consumes or that feed a loss
-  op or a label-dependent op; of those, the earliest are kept (a candidate computed from
-  another candidate is dropped: logits win over their softmax/argmax).  More than one
-  candidate left is ambiguous: bnconvert stops and lists them (pass ``--outputs``).
+  ``gradients`` scope, not shape arithmetic, not only feeding training-mode branches): the
+  ones nothing consumes (the graph's ends, e.g. a named prediction); if there are none, the
+  ones that feed a loss op or a label-dependent op (logits in a training graph).  Of those,
+  the earliest are kept (a candidate computed from another is dropped: logits win over their
+  argmax).  More than one candidate left is ambiguous: bnconvert stops and lists them (pass
+  ``--outputs``).
 """
 from __future__ import annotations
 
@@ -62,28 +64,32 @@ def default_inputs(g: Graph, flags: set[str] = frozenset()) -> list[str]:
     placeholders = [n.name for n in g.nodes.values() if n.op == "Placeholder" and n.name not in flags]
     data = []
     for p in placeholders:
-        reach = _descendants(g, {p}, lambda x: cons[x])
+        reach = _descendants(g, {p}, lambda x: [c for c in cons[x] if not _scaffolding(g, c)])
         if any(g.nodes[r].op in _WEIGHTED for r in reach):
             data.append(p)
     return [f"{p}:0" for p in (data or placeholders)]
 
 
-def default_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset()) -> list[str]:
+def default_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
+                    exclude: set[str] = frozenset()) -> list[str]:
+    """``exclude``: nodes that fed only training-mode computations (never outputs)."""
     cons = _consumer_map(g)
     input_nodes = {node_of(t) for t in inputs}
     labels = {n.name for n in g.nodes.values() if n.op == "Placeholder" and n.name not in flags} - input_nodes
     from_inputs = _descendants(g, input_nodes, lambda x: cons[x])
     from_labels = _descendants(g, labels, lambda x: cons[x]) if labels else set()
     fwd = {n for n in from_inputs - from_labels if not _scaffolding(g, n)}
-    candidates = []
+    sinks, feeders = [], []
     for name in fwd:
         node = g.nodes[name]
-        if node.op in _NOT_OUTPUT or name in input_nodes:
+        if node.op in _NOT_OUTPUT or name in input_nodes or name in exclude:
             continue
         users = cons[name]
-        if not users or any(g.nodes[u].op in _LOSS_OPS or u in from_labels for u in users):
-            candidates.append(name)
-    cand = set(candidates)
+        if not users:
+            sinks.append(name)
+        elif any(g.nodes[u].op in _LOSS_OPS or u in from_labels for u in users):
+            feeders.append(name)
+    cand = set(sinks or feeders)
     earliest = []
     for name in sorted(cand):
         upstream = g.ancestors([name], control=False) - {name}

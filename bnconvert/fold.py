@@ -34,6 +34,7 @@ log = logging.getLogger("bnconvert")
 
 PRODUCERS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput", "Conv3D")
 _PASS_THROUGH = ("Identity", "Snapshot", "StopGradient")
+_SHAPE_ONLY = ("Shape", "ShapeN", "Size", "Rank")
 
 
 @dataclass
@@ -168,7 +169,8 @@ def plan(g: Graph, m: BNMatch, outputs: set[str], busy: set[str]) -> Plan | None
         expected = {chain[i + 1]} if i + 1 < len(chain) else set(m.nodes)
         if out in outputs:
             return Plan(m, "scale_shift", f"'{out}' is a graph output; folding would change it")
-        extra = users - expected
+        # shape-only consumers (contrib's rank-2 path reshapes back to Shape(input)) see no values
+        extra = {u for u in users - expected if g.nodes[u].op not in _SHAPE_ONLY}
         if extra:
             return Plan(m, "scale_shift", f"'{out}' also feeds '{sorted(extra)[0]}'; folding would change what it sees")
     return Plan(m, "fold", "", producer=node.name, weight_input=wi, bias_node=bias_node,
@@ -269,11 +271,16 @@ def _collapse_reshape_pair(g: Graph, first: str) -> None:
         r2 = g.nodes[cname]
         if r2.op != "Reshape":
             continue
-        target = g.const(g.inputs(r2)[1])
+        shape_t = g.inputs(r2)[1]
+        shape_node = g.get(shape_t)
+        if shape_node is not None and shape_node.op == "Shape" and g.inputs(shape_node)[0] == tensor_name(z):
+            g.rewire(f"{cname}:0", z)  # contrib: reshape(outputs, shape(original_inputs))
+            continue
+        target = g.const(shape_t)
         if target is None:
             continue
         target = [int(d) for d in np.asarray(target).reshape(-1)]
-        if len(target) == 2 and target[1] == c and target[0] in (-1,):
+        if len(target) == 2 and target[1] == c and target[0] == -1:
             g.rewire(f"{cname}:0", z)
 
 

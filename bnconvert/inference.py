@@ -36,6 +36,8 @@ class InferenceResult:
     merges_resolved: int = 0
     dead_removed: int = 0
     control_deps_dropped: int = 0
+    #: nodes that fed only training-mode computations: they lost every consumer here
+    orphans: set[str] = field(default_factory=set)
 
 
 def find_training_flags(g: Graph) -> list[str]:
@@ -89,6 +91,7 @@ def to_inference(g: Graph, overrides: dict[str, bool] | None = None) -> Inferenc
         if name not in flags:
             flags.append(name)
     res = InferenceResult()
+    had_consumers = {name for name in g.nodes if g.all_consumers(name)}
     for name in sorted(flags):
         value = overrides.get(name, False)
         _replace_with_const(g, name, value)
@@ -96,6 +99,7 @@ def to_inference(g: Graph, overrides: dict[str, bool] | None = None) -> Inferenc
     _resolve_conds(g, res)
     for name in list(g.nodes):
         res.control_deps_dropped += g.drop_control_inputs(name)
+    res.orphans = {name for name in had_consumers if name in g.nodes and not g.all_consumers(name)}
     return res
 
 
@@ -155,13 +159,24 @@ def _resolve_conds(g: Graph, res: InferenceResult) -> None:
         if name in g.nodes:
             g.remove_node(name)
             res.dead_removed += 1
-    for tensor in switch_live:
-        sw = node_of(tensor)
-        if sw in g.nodes and not g.all_consumers(sw):
-            g.remove_node(sw)
-    for name in merge_live:
-        if name in g.nodes and not g.all_consumers(name):
+    # a resolved Switch/Merge still used (control edges, other ports) becomes an Identity
+    resolved = {node_of(t): src for t, src in switch_live.items()}
+    resolved.update({name: switch_live.get(live, live) for name, live in merge_live.items()})
+    for name, src in resolved.items():
+        if name not in g.nodes:
+            continue
+        if not g.all_consumers(name):
             g.remove_node(name)
+            continue
+        old = g.nodes[name]
+        t_attr = old.attr["T"] if "T" in old.attr else None
+        g.remove_node(name)
+        ident = type(old)()
+        ident.name, ident.op = name, "Identity"
+        ident.input.append(src if not src.endswith(":0") else src[:-2])
+        if t_attr is not None:
+            ident.attr["T"].CopyFrom(t_attr)
+        g.add_node(ident)
     # anything still consuming a removed node was itself dead; make sure none is left dangling
     for n in g.nodes.values():
         for s in n.input:

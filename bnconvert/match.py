@@ -280,7 +280,47 @@ def unresolved_bns(g: Graph) -> list[str]:
         if node.op in FUSED_OPS + (BNWGN,):
             problems.append(f"{node.op} '{node.name}' is still in the graph")
         elif node.op == "Rsqrt":
-            src = g.inputs(node)[0]
-            if g.const(src) is None:
-                problems.append(f"BN at '{node_of(node.name)}' has statistics that are not constant ({describe_source(g, src)})")
+            why = _unresolved_variance(g, g.inputs(node)[0])
+            if why:
+                problems.append(f"BN at '{_scope(node.name)}' has statistics that are not constant ({why})")
     return problems
+
+
+_WALK_BACK = ("Identity", "Snapshot", "StopGradient", "Squeeze", "Reshape", "Cast", "ExpandDims")
+
+
+def _unresolved_variance(g: Graph, tensor: str) -> str | None:
+    """Why ``Rsqrt(var + eps)`` is a BN with non-constant statistics, or None if it is not a BN.
+
+    Only ``variance + scalar eps`` counts, and only when the variance comes (through shape-only
+    ops) from a placeholder, an unfrozen variable, a Switch/Merge, or a ``Mean`` over the batch
+    axis (training-mode moments).  A layer norm (moments over non-batch axes) or an
+    l2-normalisation is no batch norm and is left alone.
+    """
+    add = g.get(tensor)
+    if add is None or add.op not in ("Add", "AddV2") or g.const(tensor) is not None:
+        return None
+    ins = g.inputs(add)
+    consts = [g.const(t) for t in ins]
+    if sum(c is not None and np.asarray(c).size == 1 for c in consts) != 1:
+        return None
+    t = ins[0] if consts[0] is None else ins[1]
+    for _ in range(64):
+        node = g.get(t)
+        if node is None:
+            return None
+        if node.op in _WALK_BACK:
+            t = g.inputs(node)[0]
+            continue
+        if node.op in ("Placeholder", "PlaceholderWithDefault"):
+            return f"fed by placeholder '{node.name}'"
+        if node.op in ("VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"):
+            return f"read from unfrozen variable '{node.name}'; freeze the graph first"
+        if node.op in ("Switch", "Merge"):
+            return f"chosen at run time by {node.op} '{node.name}' (a training flag that is not constant)"
+        if node.op == "Mean":
+            axes = g.const(g.inputs(node)[1])
+            if axes is not None and 0 in np.asarray(axes).reshape(-1).tolist():
+                return f"computed from the batch by '{node.name}' (training mode)"
+        return None
+    return None

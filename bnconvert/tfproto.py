@@ -21,6 +21,9 @@ def tf():
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # TensorFlow's default CPU kernels refuse NCHW Conv2D/Depthwise/Conv2DBackpropInput on CPUs
+    # without AVX-512; its oneDNN kernels run them, so NCHW graphs can be verified anywhere.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
     saved = None
     if quiet:

@@ -1104,9 +1104,22 @@ def build_fixture(fx: Fixture, out_dir: str) -> dict:
 
 
 def _reserialize(path, message):
-    """Rewrite a protobuf file TF wrote with deterministic map order."""
+    """Rewrite a MetaGraphDef/SavedModel file TF wrote with deterministic map order
+    (including the CondContextDef protos stored as bytes in the cond_context
+    collection)."""
+    from tensorflow.core.protobuf import control_flow_pb2
     with open(path, "rb") as f:
         message.ParseFromString(f.read())
+    metas = message.meta_graphs if hasattr(message, "meta_graphs") else [message]
+    for mg in metas:
+        for key, proto in (("cond_context", control_flow_pb2.CondContextDef),
+                           ("while_context", control_flow_pb2.WhileContextDef)):
+            if key in mg.collection_def:
+                values = mg.collection_def[key].bytes_list.value
+                for i, raw in enumerate(values):
+                    ctx = proto()
+                    ctx.ParseFromString(raw)
+                    values[i] = ctx.SerializeToString(deterministic=True)
     with open(path, "wb") as f:
         f.write(message.SerializeToString(deterministic=True))
 
@@ -1158,6 +1171,23 @@ def write_readme(out_dir):
                "saved_model": " [SavedModel dir]"}.get(fx.format, "")
         env = " [needs TF_ENABLE_ONEDNN_OPTS=1]" if fx.onednn else ""
         lines.append(f"| `{fx.name}`{tag} | {fx.description}{env} |")
+    others = []
+    for fname in sorted(os.listdir(out_dir)):
+        stem = fname[:-len(".json")]
+        if not fname.endswith(".json") or stem in FIXTURES:
+            continue
+        try:
+            with open(os.path.join(out_dir, fname)) as f:
+                spec = json.load(f)
+            if "inputs" in spec and "data" in spec:  # a fixture, not some other json
+                others.append((stem, spec.get("description", "")))
+        except (OSError, ValueError, AttributeError):
+            continue
+    if others:
+        lines += ["", "Other fixtures in this folder (written by other tools, e.g. "
+                  "tools/train_mnist.py; make_fixtures.py neither writes nor deletes them):", "",
+                  "| fixture | what it tests |", "|---|---|"]
+        lines += [f"| `{stem}` | {desc} |" for stem, desc in others]
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -89,6 +89,9 @@ def tf_module():
     """Import TensorFlow in TF1 graph mode (legacy Keras for tf.compat.v1.layers)."""
     global _tf
     if _tf is None:
+        import warnings
+
+        warnings.filterwarnings("ignore", message=r"`tf\.layers\..*` is deprecated")
         import tensorflow as tf
 
         tf.compat.v1.disable_v2_behavior()

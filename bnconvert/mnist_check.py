@@ -1,0 +1,69 @@
+"""``bnconvert mnist-check``: does a converted MNIST classifier keep its accuracy?
+
+Converts the model (``convert`` with verification on), then classifies the real test digits
+of :func:`bnconvert.mnist.load_mnist` with the original graph (TensorFlow, training flags
+false), the folded graph, the ONNX model (each provider asked for) and the TFLite model.  For
+each runtime: accuracy and how many digits changed class against the original.  A runtime
+fails when its accuracy is more than ``max_drop`` percentage points below the original's or
+more than ``max_changed`` percent of the digits change class.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .mnist import accuracy, class_changes, load_mnist
+
+
+def _shape_digits(x: np.ndarray, shape: list) -> np.ndarray:
+    """[N, 784] digits to the model's input shape (e.g. [None, 28, 28, 1])."""
+    tail = [int(d) for d in shape[1:]] if shape and len(shape) > 1 else [784]
+    return x.reshape([x.shape[0]] + tail).astype(np.float32)
+
+
+def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = None,
+          providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1) -> dict:
+    from . import api
+    from .verify.inputs import placeholder_shapes
+    from .verify.runners import run_onnx, run_tf, run_tflite
+
+    digits = load_mnist(mnist_dir)
+    with tempfile.TemporaryDirectory(prefix="bnconvert-mnist-") as tmp:
+        out = outdir or tmp
+        report = api.convert(model_path, out, force=True, providers=providers)
+        model = api.load(model_path)
+        (inp,), (logits,) = report.inputs, report.outputs
+        shape = placeholder_shapes(model.graph_def, [inp])[inp]
+        feeds = {inp: _shape_digits(digits.x_test, shape)}
+        scores = {"tf:original": run_tf(model.graph_def, feeds, [logits], flags=report.training_flags)[logits]}
+        files = report.files
+        folded = api.load(files["pb"])
+        scores["tf:folded"] = run_tf(folded.graph_def, feeds, [logits])[logits]
+        for prov in providers:
+            name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[prov]
+            scores[f"onnx:{name}"] = run_onnx(files["onnx"], feeds, [logits], provider=prov)[logits]
+        scores["tflite"] = run_tflite(files["tflite"], feeds, [logits])[logits]
+    ref_acc = accuracy(scores["tf:original"], digits.y_test)
+    n = len(digits.y_test)
+    rows, failure = [], None
+    for runtime, s in scores.items():
+        acc = accuracy(s, digits.y_test)
+        changed = class_changes(scores["tf:original"], s)
+        ok = (ref_acc - acc) * 100 <= max_drop + 1e-9 and changed * 100.0 / n <= max_changed + 1e-9
+        rows.append({"runtime": runtime, "accuracy": acc, "changed": changed, "ok": ok})
+        if not ok and failure is None:
+            failure = (f"{runtime}: accuracy {100 * acc:.2f}% vs original {100 * ref_acc:.2f}%, "
+                       f"{changed} of {n} digits changed class")
+    return {"model": os.path.basename(model_path), "digits": n, "source": digits.source,
+            "original_accuracy": ref_acc, "runtimes": rows, "ok": failure is None, "failure": failure,
+            "max_drop_pp": max_drop, "max_changed_pct": max_changed}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['model']}: {result['digits']} test digits ({result['source']})",
+             f"{'runtime':28s} {'accuracy':>9s} {'changed':>8s}  result"]
+    for r in result["runtimes"]:
+        lines.append(f"{r['runtime']:28s} {100 * r['accuracy']:8.2f}% {r['changed']:8d}  {'PASS' if r['ok'] else 'FAIL'}")
+    return "\n".join(lines)
