@@ -9,12 +9,13 @@ The CLI is a thin layer over these functions; everything it can do, they can.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 
 from . import endpoints, inference
-from .errors import InputError, OutputError
+from .errors import BNConvertError, InputError, Interrupted, OutputError, VerificationError
 from .fold import fold_all
 from .graph import Graph, node_of
 from .load import MAX_PROTO_BYTES, Model
@@ -51,6 +52,22 @@ def _as_model(model_or_graph_def) -> Model:
         check_graph(gd, "graph")
         return Model(gd, "<GraphDef>", "graphdef", repairs=repairs)
     raise InputError(f"expected a path, a Model or a GraphDef, got {type(model_or_graph_def).__name__}")
+
+
+@contextlib.contextmanager
+def _naming(path):
+    """Errors raised inside name ``path`` (prefixed ``path: ``) unless they already do.
+
+    Output errors name their own file; verification failures name the converted file.
+    """
+    try:
+        yield
+    except BNConvertError as e:
+        if isinstance(path, (str, os.PathLike)) and not isinstance(e, (OutputError, VerificationError, Interrupted)):
+            p = os.fspath(path)
+            if p not in e.message:
+                e.message = f"{p}: {e.message}"
+        raise
 
 
 def _bn_ops(hist: dict[str, int]) -> dict[str, int]:
@@ -121,7 +138,8 @@ def fold(
 def inspect(model, **kwargs) -> Report:
     """What :func:`fold` would do, without writing anything; unusable BNs show as "refuse"."""
     kwargs.setdefault("keep_going", True)
-    return fold(model, **kwargs).report
+    with _naming(model):
+        return fold(model, **kwargs).report
 
 
 # ---------------------------------------------------------------------- convert
@@ -202,31 +220,72 @@ def convert(
     paths = output_paths(path, outdir, to)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
-    outdir = _check_outdir(paths, path, force)
-    t0 = time.perf_counter()
-    model = load(path, outputs=outputs)
-    load_s = time.perf_counter() - t0
-    folded = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, mode=mode, only=only)
+    created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
+    try:
+        outdir = _check_outdir(paths, path, force)
+        with _naming(path):
+            t0 = time.perf_counter()
+            model = load(path, outputs=outputs)
+            load_s = time.perf_counter() - t0
+            folded = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, mode=mode, only=only)
+            if not allow_unsafe and (verify or set(to) - {"pb"}):
+                # verification runs the original graph; TF's converters run grappler on the folded one
+                from .safety import check_safe
+
+                check_safe(model.graph_def if verify else folded.graph_def, what=path)
+    except BaseException:
+        _remove_dirs(created)
+        raise
     report = folded.report
     report.timings = {"load": load_s, **report.timings}
-    tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+    tmp = None
     try:
-        staged = _export_all(folded, to, tmp, paths, opset, batch, input_shapes, report)
-        if verify:
-            _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsafe, seed)
+        tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+        with _naming(path):
+            staged = _export_all(folded, to, tmp, paths, opset, batch, input_shapes, report)
+            if verify:
+                _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsafe, seed)
         report.files = {k: v for k, v in paths.items() if k in staged}
         report.files["report"] = paths["report"]
         with open(os.path.join(tmp, "report.json"), "w") as f:
             f.write(report.to_json())
         staged["report"] = os.path.join(tmp, "report.json")
         _install(staged, paths)
+    except BaseException:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(created)
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
     if verify and not report.ok:
         from .errors import VerificationError
 
         raise VerificationError(_first_failure(report))
     return report
+
+
+def _missing_dirs(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, deepest first."""
+    out = []
+    folder = os.path.abspath(folder)
+    while folder and not os.path.lexists(folder):
+        out.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return out
+
+
+def _remove_dirs(folders: list[str]) -> None:
+    """Remove the folders a failed :func:`convert` created, if they are still empty."""
+    for d in folders:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
 
 
 def _install(staged: dict[str, str], paths: dict[str, str]) -> None:
@@ -278,6 +337,22 @@ def _tolerances(atol, rtol) -> dict:
     return {"atol": DEFAULT_ATOL if atol is None else atol, "rtol": DEFAULT_RTOL if rtol is None else rtol}
 
 
+#: default tolerances for outputs computed in float16/bfloat16 (their epsilon is ~1e-3/8e-3):
+#: a float16 original rounds every layer, so a float32 or folded run differs by a few ulps
+NARROW_TOLERANCES = {"float16": {"atol": 1e-3, "rtol": 5e-3}, "bfloat16": {"atol": 1e-2, "rtol": 4e-2}}
+
+
+def _dtype_tolerances(ref: dict, atol, rtol, tol: dict, notes: list) -> dict:
+    """Widen the default tolerances for float16/bfloat16 outputs (explicit ones stay)."""
+    narrow = [str(v.dtype) for v in ref.values() if str(v.dtype) in NARROW_TOLERANCES]
+    if not narrow:
+        return tol
+    wide = NARROW_TOLERANCES["bfloat16" if "bfloat16" in narrow else "float16"]
+    out = {"atol": wide["atol"] if atol is None else atol, "rtol": wide["rtol"] if rtol is None else rtol}
+    notes.append(f"outputs are {narrow[0]}: default tolerances atol={out['atol']}, rtol={out['rtol']}")
+    return out
+
+
 def _feeds(graph_def, inputs, shapes, data, seed):
     from .verify.inputs import load_npz_inputs, random_inputs
     from .tfproto import np_dtype
@@ -299,8 +374,10 @@ def _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsaf
     report.input_shapes = shapes
     feeds = _feeds(folded.graph_def, report.inputs, shapes, data, seed)
     t = time.perf_counter()
-    ref = run_tf(folded.model.graph_def, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe)
+    ref = run_tf(folded.model.graph_def, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe,
+                 what=folded.model.path)
     report.timings["verify_tf_original"] = time.perf_counter() - t
+    tol = _dtype_tolerances(ref, atol, rtol, tol, report.notes)
     runs = []
     if "pb" in staged:
         runs.append(("tf:folded", staged["pb"], lambda: run_tf(folded.graph_def, feeds, report.outputs, allow_unsafe=allow_unsafe)))
@@ -362,13 +439,14 @@ def verify(
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
-    model = _as_model(original)
-    info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
-    ins, outs, flags = info.inputs, info.outputs, info.training_flags
-    shapes = resolve_shapes(model.graph_def, ins, input_shapes, batch=batch)
-    feeds = _feeds(model.graph_def, ins, shapes, data, seed)
-    ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe)
-    tol = _tolerances(atol, rtol)
+    with _naming(original):
+        model = _as_model(original)
+        info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
+        ins, outs, flags = info.inputs, info.outputs, info.training_flags
+        shapes = resolve_shapes(model.graph_def, ins, input_shapes, batch=batch)
+        feeds = _feeds(model.graph_def, ins, shapes, data, seed)
+        ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path)
+    tol = _dtype_tolerances(ref, atol, rtol, _tolerances(atol, rtol), [])
     runs = []
     if converted.endswith(".onnx"):
         for prov in providers:
@@ -379,11 +457,14 @@ def verify(
     else:
         conv = load(converted)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
-        runs.append(("tf:converted", lambda: run_tf(conv.graph_def, feeds, outs, flags=present, allow_unsafe=allow_unsafe)))
+        runs.append(("tf:converted", lambda: run_tf(conv.graph_def, feeds, outs, flags=present, allow_unsafe=allow_unsafe,
+                                                    what=converted)))
     result = {}
     for runtime, fn in runs:
         note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
-        res = compare(ref, fn(), runtime=runtime, file=os.path.basename(converted), note=note, **tol)
+        with _naming(converted):
+            cand = fn()
+        res = compare(ref, cand, runtime=runtime, file=os.path.basename(converted), note=note, **tol)
         d = res.to_dict()
         d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
         result[runtime] = d

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import signal
 import sys
+import traceback
 
 from .. import __version__
 
@@ -25,8 +26,7 @@ SUBCOMMANDS = {
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, exit 2
-        self.print_usage(sys.stderr)
-        print(f"bnconvert: error: {message}", file=sys.stderr)
+        print(f"bnconvert: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         sys.exit(2)
 
 
@@ -59,25 +59,61 @@ def main(argv: list[str] | None = None) -> int:
     old = signal.signal(signal.SIGTERM, _sigterm)
     from ..errors import BNConvertError
 
+    error, code = None, 0
     try:
-        return int(args._run(args) or 0)
+        with _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
+            code = int(args._run(args) or 0)
     except BNConvertError as e:
         if debug:
-            raise
-        print(f"bnconvert: error: {e}", file=sys.stderr)
-        return e.exit_code
+            traceback.print_exc()
+        error, code = str(e), e.exit_code
     except KeyboardInterrupt:
-        print("bnconvert: error: interrupted; no output written", file=sys.stderr)
-        return 130
+        error, code = "interrupted; no output written", 130
     except Exception as e:  # an unexpected failure is still one line unless --debug
         if debug:
-            raise
+            traceback.print_exc()
         msg = " ".join(str(e).split())[:300]
-        print(f"bnconvert: error: internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 3
+        error, code = f"internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)", 3
     finally:
         signal.signal(signal.SIGTERM, old)
+    if error is not None:
+        print(f"bnconvert: error: {error}", file=sys.stderr)
+        sys.stderr.flush()
+    return code
+
+
+class _Stderr:
+    """With ``quiet``, send file descriptor 2 to /dev/null for the block, so the one line
+    ``bnconvert: error: …`` is all a failed run prints there (``--debug`` keeps everything)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.saved = quiet, None
+
+    def __enter__(self):
+        import os
+
+        if self.quiet:
+            try:
+                sys.stderr.flush()
+                self.saved = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            except OSError:
+                self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.saved is not None:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            self.saved = None
 
 
 def _quiet_logs(debug: bool) -> None:
@@ -88,7 +124,7 @@ def _quiet_logs(debug: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+        logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # its errors come back as one line
     else:
         logging.basicConfig(level=logging.INFO)
 

@@ -52,6 +52,7 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
     tf = _tf()
     gd = tf.compat.v1.GraphDef()
     gd.CopyFrom(graph_def)
+    widened = widen_to_float32(gd)
     by_name = {n.name: n for n in gd.node}
     for name in inputs:
         node = by_name[name.split(":")[0]]
@@ -93,4 +94,37 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
         "outputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
                     for d in interp.get_output_details()],
         "tflite_names": names,
+        **({"widened_to_float32_from": widened} if widened else {}),
     }
+
+
+_NARROW = {19: "float16", 14: "bfloat16"}  # DT_HALF, DT_BFLOAT16
+_DT_FLOAT = 1
+
+
+def widen_to_float32(gd) -> str | None:
+    """Make a float16/bfloat16 graph float32 in place (TFLite's builtin kernels are float32).
+
+    Every type attr and Const of a narrow float type becomes float32; a Cast between two types
+    that both became float32 is harmless.  Returns the narrow type's name, or None if there
+    was none.  The weights keep exactly their float16 values (widening is exact).
+    """
+    from bnconvert.tfproto import make_ndarray, make_tensor_proto
+
+    found = None
+    for n in gd.node:
+        for key in list(n.attr):
+            a = n.attr[key]
+            kind = a.WhichOneof("value")
+            if kind == "type" and a.type in _NARROW:
+                found = found or _NARROW[a.type]
+                a.type = _DT_FLOAT
+            elif kind == "list" and any(t in _NARROW for t in a.list.type):
+                found = found or next(_NARROW[t] for t in a.list.type if t in _NARROW)
+                types = [_DT_FLOAT if t in _NARROW else t for t in a.list.type]
+                del a.list.type[:]
+                a.list.type.extend(types)
+            elif kind == "tensor" and a.tensor.dtype in _NARROW:
+                found = found or _NARROW[a.tensor.dtype]
+                a.tensor.CopyFrom(make_tensor_proto(make_ndarray(a.tensor).astype("float32")))
+    return found
