@@ -28,6 +28,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 C = 4  # channels of the small conv
 
+#: every case :func:`write_corpus` writes, in order
+CASE_NAMES = (
+    "empty", "random_bytes", "truncated", "pbtxt_syntax", "text_not_graph_txt", "text_not_graph_pb",
+    "missing_path", "plain_directory", "missing_input", "cycle", "unknown_op", "bn_unfrozen_variable",
+    "bn_placeholder_mean", "nan_statistics", "negative_variance", "unknown_output", "unknown_input",
+    "conflicting_input_shape", "unwritable_outdir", "existing_outputs",
+)
+
 
 def _tf():
     import tensorflow as tf
@@ -40,7 +48,9 @@ def conv_bn_graph(mean=None, variance=None, params: str = "const", dtype="float3
     """x[1,8,8,3] → Conv2D → FusedBatchNormV3(is_training=False) → Relu → ``out``.
 
     ``params``: "const" (frozen constants), "variable" (an unfrozen ``tf.Variable`` feeds the
-    BN's scale) or "placeholder" (the BN's mean is fed).  Returns the GraphDef.
+    BN's scale) or "placeholder" (the BN's mean is fed).  ``dtype`` is the data's type
+    ("float32", "float16", "bfloat16"); the BN parameters stay float32, as TensorFlow wants.
+    Returns the GraphDef.
     """
     tf = _tf()
     rng = np.random.default_rng(0)
@@ -50,7 +60,8 @@ def conv_bn_graph(mean=None, variance=None, params: str = "const", dtype="float3
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(dt, [1, 8, 8, 3], name="x")
-        w = tf.constant(rng.normal(size=(3, 3, 3, C)).astype(dtype), name="Conv/weights")
+        w = tf.constant(rng.normal(size=(3, 3, 3, C)).astype(np.float32).astype(dt.as_numpy_dtype), dtype=dt,
+                        name="Conv/weights")
         y = tf.nn.conv2d(x, w, strides=1, padding="SAME", name="Conv/Conv2D")
         gamma = tf.constant(rng.uniform(0.5, 1.5, size=C).astype(np.float32), name="bn/gamma")
         beta = tf.constant(rng.normal(size=C).astype(np.float32), name="bn/beta")
@@ -147,11 +158,11 @@ def write_corpus(folder: str) -> list[dict]:
          "an op TensorFlow does not know")
 
     p = _write(d("bn_variable.pb"), conv_bn_graph(params="variable").SerializeToString())
-    case("bn_unfrozen_variable", ["fold", p, "-o", "{out}"], p, [p, "bn/FusedBatchNormV3"],
+    case("bn_unfrozen_variable", ["fold", p, "-o", "{out}"], p, [p, "bn/FusedBatchNormV3", "bn/gamma_var"],
          "the BN's scale is an unfrozen tf.Variable")
 
     p = _write(d("bn_placeholder.pb"), conv_bn_graph(params="placeholder").SerializeToString())
-    case("bn_placeholder_mean", ["fold", p, "-o", "{out}", "--inputs", "x:0"], p, [p, "bn/FusedBatchNormV3"],
+    case("bn_placeholder_mean", ["fold", p, "-o", "{out}"], p, [p, "bn/FusedBatchNormV3", "bn/mean_feed"],
          "the BN's mean is a placeholder")
 
     p = _write(d("nan_mean.pb"), conv_bn_graph(mean=[0.0, np.nan, 0.0, 0.0]).SerializeToString())
@@ -169,12 +180,13 @@ def write_corpus(folder: str) -> list[dict]:
          [valid, "x:0", "--input-shape"], "--input-shape contradicts the placeholder's declared shape")
 
     blocker = _write(d("a_regular_file"), b"not a folder\n")
-    case("unwritable_outdir", ["fold", valid, "-o", os.path.join(blocker, "sub")], valid, [valid, blocker],
+    case("unwritable_outdir", ["fold", valid, "-o", os.path.join(blocker, "sub")], valid, [blocker],
          "the output folder would have to be created under a regular file")
 
-    case("existing_outputs", ["fold", valid, "-o", "{out}"], valid, [valid, "--force"],
+    case("existing_outputs", ["fold", valid, "-o", "{out}"], valid, ["valid.folded.pb", "--force"],
          "the output folder already holds valid.folded.pb (the caller writes it first)")
 
+    assert tuple(c["name"] for c in cases) == CASE_NAMES
     with open(os.path.join(folder, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
     return cases
