@@ -7,6 +7,6 @@ functions that need them.
 __version__ = "0.1.0"
 
 from .errors import BNConvertError  # noqa: E402
-from .api import FoldedModel, convert, fold, inspect, load, verify  # noqa: E402  (fold the function, not the module)
+from .api import FoldedModel, compare, convert, fold, inspect, load  # noqa: E402  (fold the function, not the module)
 
-__all__ = ["load", "fold", "inspect", "convert", "verify", "FoldedModel", "BNConvertError", "__version__"]
+__all__ = ["load", "fold", "inspect", "convert", "compare", "FoldedModel", "BNConvertError", "__version__"]

@@ -410,7 +410,7 @@ def _first_failure(report: Report) -> str:
     return "verification failed"
 
 
-def verify(
+def compare(
     original,
     converted: str,
     *,
@@ -433,7 +433,7 @@ def verify(
     per-output statistics; raises :class:`VerificationError` on a mismatch unless
     ``raise_on_failure`` is False.
     """
-    from .verify.compare import compare
+    from .verify.compare import compare as compare_outputs
     from .verify.inputs import resolve_shapes
     from .verify.runners import run_onnx, run_tf, run_tflite
 
@@ -464,7 +464,7 @@ def verify(
         note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
         with _naming(converted):
             cand = fn()
-        res = compare(ref, cand, runtime=runtime, file=os.path.basename(converted), note=note, **tol)
+        res = compare_outputs(ref, cand, runtime=runtime, file=os.path.basename(converted), note=note, **tol)
         d = res.to_dict()
         d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
         result[runtime] = d

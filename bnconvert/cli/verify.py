@@ -22,7 +22,7 @@ def run(args) -> int:
     from ..inference import parse_set
     from ..report import verification_table
 
-    result = api.verify(
+    result = api.compare(
         args.original, args.converted, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
         set_flags=parse_set(args.set), providers=providers(args.providers), data=args.data,
         input_shapes=parse_shapes(args.input_shape), batch=args.batch, atol=args.atol, rtol=args.rtol,
