@@ -59,7 +59,8 @@ def _consumer_map(g: Graph) -> dict[str, list[str]]:
     return out
 
 
-def default_inputs(g: Graph, flags: set[str] = frozenset()) -> list[str]:
+def _placeholders(g: Graph, flags: set[str]) -> tuple[list[str], list[str]]:
+    """(placeholders that reach a weighted layer, all placeholders), training flags left out."""
     cons = _consumer_map(g)
     placeholders = [n.name for n in g.nodes.values() if n.op == "Placeholder" and n.name not in flags]
     data = []
@@ -67,6 +68,11 @@ def default_inputs(g: Graph, flags: set[str] = frozenset()) -> list[str]:
         reach = _descendants(g, {p}, lambda x: [c for c in cons[x] if not _scaffolding(g, c)])
         if any(g.nodes[r].op in _WEIGHTED for r in reach):
             data.append(p)
+    return data, placeholders
+
+
+def default_inputs(g: Graph, flags: set[str] = frozenset()) -> list[str]:
+    data, placeholders = _placeholders(g, flags)
     return [f"{p}:0" for p in (data or placeholders)]
 
 
@@ -75,7 +81,9 @@ def default_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
     """``exclude``: nodes that fed only training-mode computations (never outputs)."""
     cons = _consumer_map(g)
     input_nodes = {node_of(t) for t in inputs}
-    labels = {n.name for n in g.nodes.values() if n.op == "Placeholder" and n.name not in flags} - input_nodes
+    data, placeholders = _placeholders(g, flags)
+    labels = set(placeholders) - set(data) - input_nodes  # labels never reach a weighted layer
+    input_nodes |= set(data)
     from_inputs = _descendants(g, input_nodes, lambda x: cons[x])
     from_labels = _descendants(g, labels, lambda x: cons[x]) if labels else set()
     fwd = {n for n in from_inputs - from_labels if not _scaffolding(g, n)}

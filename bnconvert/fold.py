@@ -35,6 +35,7 @@ log = logging.getLogger("bnconvert")
 PRODUCERS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput", "Conv3D")
 _PASS_THROUGH = ("Identity", "Snapshot", "StopGradient")
 _SHAPE_ONLY = ("Shape", "ShapeN", "Size", "Rank")
+_WEIGHT_RANK = {"Conv2D": 4, "DepthwiseConv2dNative": 4, "MatMul": 2, "Conv2DBackpropInput": 4, "Conv3D": 5}
 
 
 @dataclass
@@ -158,6 +159,8 @@ def plan(g: Graph, m: BNMatch, outputs: set[str], busy: set[str]) -> Plan | None
     w = g.const(g.inputs(node)[wi])
     if w is None:
         return Plan(m, "scale_shift", f"weights of {node.op} '{node.name}' are not constant")
+    if w.ndim != _WEIGHT_RANK[node.op]:
+        return Plan(m, "scale_shift", f"weights of {node.op} '{node.name}' have rank {w.ndim}, not {_WEIGHT_RANK[node.op]}")
     if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
         return Plan(m, "scale_shift", f"weights of '{node.name}' are {w.dtype}, not floating point")
     if _out_channels(node, w, g) != m.channels:
@@ -240,8 +243,24 @@ def _insert_bias(g: Graph, prod, bias: np.ndarray, p: Plan) -> str:
     return f"{add.name}:0"
 
 
+def _release_side_outputs(g: Graph, m: BNMatch) -> None:
+    """A fused BN's outputs 1 and 2 (batch mean/variance) equal its mean/variance inputs in
+    inference mode: their consumers read those.  Outputs 3-5 (reserve space) cannot be kept."""
+    node = g.nodes[node_of(m.y)]
+    if node.op not in ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"):
+        return
+    ins = g.inputs(node)
+    for port, src in ((1, ins[3]), (2, ins[4])):
+        g.rewire(f"{node.name}:{port}", src)
+    for port in (3, 4, 5):
+        if g.consumers(f"{node.name}:{port}"):
+            user = g.consumers(f"{node.name}:{port}")[0][0]
+            raise UnsupportedError(f"BN '{node.name}': its reserve-space output {port} is used by '{user}'")
+
+
 def _replace_output(g: Graph, m: BNMatch, new: str, outputs: set[str]) -> None:
     """Consumers of the BN output read ``new``; a BN output that is a graph output keeps its name."""
+    _release_side_outputs(g, m)
     if m.y in outputs:
         ynode = g.nodes[node_of(m.y)]
         g.rewire(m.y, new)
@@ -319,6 +338,7 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
     layers: list[LayerRecord] = []
     rounds = 0
     refused: dict[str, tuple] = {}
+    replaced: dict[str, str] = {}
     while True:
         errs: list | None = [] if keep_going else None
         matches = find_bns(g, errs)
@@ -344,6 +364,7 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
             if p.touched & taken:
                 continue
             taken |= p.touched
+            replaced.update({n: g.nodes[n].op for n in m.nodes})
             if p.action == "fold":
                 apply_fold(g, p, out_set)
             else:
@@ -355,6 +376,10 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
         if not progressed:
             raise UnsupportedError("internal: batch norms left that no round could place")
         g.prune(outputs)
+        for name, op in replaced.items():  # a replaced BN must be gone, or the rounds never end
+            if name in g.nodes and g.nodes[name].op == op:
+                users = g.all_consumers(name)
+                raise UnsupportedError(f"BN '{name}' is still needed by '{users[0] if users else '?'}' after it was replaced")
     problems = [p for p in unresolved_bns(g) if not any(f"'{n}'" in p for n in refused)]
     if problems and not keep_going:
         raise UnsupportedError(problems[0])

@@ -148,10 +148,117 @@ def check_graph(graph_def, path: str = "graph") -> None:
     for n in g.nodes.values():
         if n.op not in lib_ops and not tfproto.op_registered(n.op):
             raise GraphError(f"{path}: unknown op '{n.op}' (node '{n.name}')")
+    _check_signatures(g, path)
     try:
         g.topo_order()
     except GraphError as e:
         raise GraphError(f"{path}: {e}") from None
+
+
+def _check_signatures(g: Graph, path: str) -> None:
+    """Every node agrees with its op's registered signature, so later passes may index inputs.
+
+    Checks the number of data inputs, the type attributes, that no input names an output its
+    producer does not have, and that each Const's tensor decodes to its declared shape.  A
+    corrupt or hand-edited GraphDef fails here with one line naming the node, rather than deep
+    inside matching or folding.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    n_outputs: dict[str, int] = {}
+    for n in g.nodes.values():
+        op_def = op_def_registry.get(n.op)
+        if op_def is None:  # a library function: TensorFlow checks its calls on import
+            continue
+        where = f"{path}: node '{n.name}' ({n.op})"
+        for key, a in n.attr.items():
+            if a.WhichOneof("value") == "type" and not _valid_dtype(a.type):
+                raise GraphError(f"{where}: attribute '{key}' holds no valid data type ({a.type})")
+        want = _arg_count(op_def, op_def.input_arg, n)
+        outs = _arg_count(op_def, op_def.output_arg, n)
+        if want is None or outs is None:
+            raise GraphError(f"{where}: a required attribute is missing")
+        have = sum(1 for s in n.input if not s.startswith("^"))
+        if have != want:
+            raise GraphError(f"{where}: has {have} data input(s), the op takes {want}")
+        n_outputs[n.name] = outs
+        if n.op == "Const":
+            _check_const(n, where)
+    for n in g.nodes.values():
+        for s in n.input:
+            if s.startswith("^"):
+                continue
+            src, _, idx = s.partition(":")
+            k = n_outputs.get(src)
+            if k is not None and idx and (not idx.isdigit() or int(idx) >= k):
+                raise GraphError(f"{path}: node '{n.name}' reads '{s}', but '{src}' has {k} output(s)")
+
+
+def _attr_value(op_def, n, name: str):
+    if name in n.attr:
+        return n.attr[name]
+    for a in op_def.attr:
+        if a.name == name and a.HasField("default_value"):
+            return a.default_value
+    return None
+
+
+def _arg_count(op_def, args, n) -> int | None:
+    """How many tensors ``args`` (an OpDef's input_arg or output_arg) stand for in node ``n``."""
+    total = 0
+    for arg in args:
+        if arg.number_attr:
+            a = _attr_value(op_def, n, arg.number_attr)
+            if a is None or a.WhichOneof("value") != "i" or a.i < 0:
+                return None
+            total += a.i
+        elif arg.type_list_attr:
+            a = _attr_value(op_def, n, arg.type_list_attr)
+            if a is None:
+                return None
+            total += len(a.list.type)
+        else:
+            total += 1
+    return total
+
+
+def _valid_dtype(enum: int) -> bool:
+    from tensorflow.core.framework import types_pb2
+
+    return enum != 0 and enum in types_pb2.DataType.values()
+
+
+_NO_ITEMSIZE = {7, 20, 21}  # DT_STRING, DT_RESOURCE, DT_VARIANT
+
+
+def _check_const(n, where: str) -> None:
+    import numpy as np
+
+    if "value" not in n.attr or n.attr["value"].WhichOneof("value") != "tensor":
+        raise GraphError(f"{where}: a Const without a tensor value")
+    t = n.attr["value"].tensor
+    if not _valid_dtype(t.dtype):
+        raise GraphError(f"{where}: the constant holds no valid data type ({t.dtype})")
+    if "dtype" in n.attr and n.attr["dtype"].type != t.dtype:
+        raise GraphError(f"{where}: the constant's tensor type ({t.dtype}) differs from its dtype attribute "
+                         f"({n.attr['dtype'].type})")
+    dims = [d.size for d in t.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise GraphError(f"{where}: the constant has a negative dimension {dims}")
+    count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if t.tensor_content:
+        if t.dtype in _NO_ITEMSIZE:
+            return
+        itemsize = np.dtype(tfproto.tf().as_dtype(t.dtype).as_numpy_dtype).itemsize
+        if len(t.tensor_content) != count * itemsize:
+            raise GraphError(f"{where}: the constant holds {len(t.tensor_content)} bytes, its shape {dims} "
+                             f"needs {count * itemsize}")
+        return
+    n_vals = max((len(v) for f, v in t.ListFields() if f.name.endswith("_val")), default=0)
+    if t.dtype in (8, 18):  # complex64/128: two numbers per element
+        n_vals = (n_vals + 1) // 2
+    if n_vals > count:
+        raise GraphError(f"{where}: the constant holds {n_vals} values, its shape {dims} has room for {count}")
 
 
 def _check_inputs(g: Graph, path: str) -> None:

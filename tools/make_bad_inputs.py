@@ -38,9 +38,10 @@ CASE_NAMES = (
 
 
 def _tf():
+    """TensorFlow, left in its default mode: the graphs are built inside ``tf.Graph()`` with
+    ``tf.compat.v1`` ops, so importing this module from a test changes no global TF state."""
     import tensorflow as tf
 
-    tf.compat.v1.disable_v2_behavior()
     return tf
 
 
@@ -68,7 +69,8 @@ def conv_bn_graph(mean=None, variance=None, params: str = "const", dtype="float3
         m = tf.constant(mean.astype(np.float32), name="bn/moving_mean")
         v = tf.constant(variance.astype(np.float32), name="bn/moving_variance")
         if params == "variable":
-            gamma = tf.compat.v1.Variable(rng.uniform(0.5, 1.5, size=C).astype(np.float32), name="bn/gamma_var")
+            gamma = tf.compat.v1.Variable(rng.uniform(0.5, 1.5, size=C).astype(np.float32), name="bn/gamma_var",
+                                          use_resource=False)
         elif params == "placeholder":
             m = tf.compat.v1.placeholder(tf.float32, [C], name="bn/mean_feed")
         z, _, _ = tf.compat.v1.nn.fused_batch_norm(y, gamma, beta, mean=m, variance=v, epsilon=1e-3,

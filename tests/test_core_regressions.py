@@ -1,0 +1,89 @@
+"""Bugs in the core passes found by the fuzz tests (tests/test_properties.py), one small case each.
+
+Each was found by fuzzing and is fixed; the test keeps it fixed.
+Every case must end promptly in a fold or a :class:`BNConvertError`: never another exception,
+never a hang (each run is bounded by SIGALRM).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import bnconvert
+from bnconvert.errors import BNConvertError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from make_bad_inputs import conv_bn_graph  # noqa: E402
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    def handler(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def fold_cleanly(gd, **kw):
+    """fold() must return or raise BNConvertError within 10 s (these graphs fold in milliseconds)."""
+    with time_limit(10), np.errstate(all="ignore"):
+        try:
+            return bnconvert.fold(gd, **kw)
+        except BNConvertError as e:
+            return e
+
+
+def node(gd, name):
+    return next(n for n in gd.node if n.name == name)
+
+
+def test_bn_side_output_in_use_does_not_hang():
+    gd = conv_bn_graph()
+    side = gd.node.add()
+    side.name, side.op = "side", "Identity"
+    side.input.append("bn/FusedBatchNormV3:1")  # batch_mean: the moving mean in inference mode
+    side.attr["T"].type = tf.float32.as_datatype_enum
+    fold_cleanly(gd, outputs=["out:0", "side:0"])
+
+
+def test_bn_parameters_of_the_wrong_shape_are_refused():
+    gd = conv_bn_graph()
+    shape = node(gd, "bn/moving_mean").attr["value"].tensor.tensor_shape
+    shape.dim.add().size = 1  # [4] -> [4, 1], same bytes
+    r = fold_cleanly(gd, outputs=["out:0"])
+    if not isinstance(r, BNConvertError):
+        with tf.Graph().as_default():
+            tf.compat.v1.import_graph_def(r.graph_def, name="")  # the folded graph must at least be valid
+
+
+def test_producer_weights_of_the_wrong_rank_are_not_folded():
+    gd = conv_bn_graph()
+    node(gd, "Conv/Conv2D").input[1] = "bn/beta"  # a 1-D constant as the conv filter
+    fold_cleanly(gd, outputs=["out:0"])
+
+
+def test_default_outputs_do_not_silently_drop_layers():
+    gd = conv_bn_graph(params="placeholder")
+    r = fold_cleanly(gd, inputs=["x:0"])
+    # expected: the graph's real end ('out:0') and a refusal of the unfrozen BN, or an error
+    assert isinstance(r, BNConvertError) or r.report.outputs == ["out:0"], r.report.outputs
