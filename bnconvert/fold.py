@@ -133,8 +133,11 @@ def plan(g: Graph, m: BNMatch, outputs: set[str], busy: set[str]) -> Plan | None
             fmt = g.attr(node, "data_format", "NHWC")
             if (fmt == "NHWC") != (axis == -1):
                 return Plan(m, "scale_shift", f"BiasAdd '{node.name}' is {fmt} but the BN's channel axis differs")
-            if g.const(g.inputs(node)[1]) is None:
+            bias = g.const(g.inputs(node)[1])
+            if bias is None:
                 return Plan(m, "scale_shift", f"bias of '{node.name}' is not constant")
+            if bias.ndim != 1 or bias.size != m.channels:
+                return Plan(m, "scale_shift", f"bias of '{node.name}' has shape {list(bias.shape)}, not [{m.channels}]")
             bias_node, bias_input = node.name, 1
             path.append(node.name)
             t = g.inputs(node)[0]

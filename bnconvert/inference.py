@@ -121,6 +121,7 @@ def _resolve_conds(g: Graph, res: InferenceResult) -> None:
     dead_nodes: set[str] = set()
     switch_live: dict[str, str] = {}  # live Switch output tensor -> its data input
     merge_live: dict[str, str] = {}  # Merge name -> live data input tensor
+    merge_index: dict[str, int] = {}  # Merge name -> which input is live (its output :1)
     for name in order:
         n = g.nodes[name]
         data = g.inputs(n)
@@ -131,6 +132,7 @@ def _resolve_conds(g: Graph, res: InferenceResult) -> None:
                 dead_nodes.add(name)
             elif len(live) == 1 and len(data) > 1:
                 merge_live[name] = live[0]
+                merge_index[name] = data.index(live[0])
             if any(c in dead_nodes for c in ctrl) and name not in dead_nodes:
                 dead_nodes.add(name)
                 merge_live.pop(name, None)
@@ -151,8 +153,7 @@ def _resolve_conds(g: Graph, res: InferenceResult) -> None:
     for name, live in merge_live.items():
         g.rewire(f"{name}:0", switch_live.get(live, live))
         if g.consumers(f"{name}:1"):
-            idx = [t for t in g.inputs(g.nodes[name])].index(live)
-            c = g.add_const(f"{name}/value_index", np.array(idx, dtype=np.int32))
+            c = g.add_const(f"{name}/value_index", np.array(merge_index[name], dtype=np.int32))
             g.rewire(f"{name}:1", f"{c.name}:0")
         res.merges_resolved += 1
     for name in dead_nodes:

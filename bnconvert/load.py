@@ -153,6 +153,17 @@ def check_graph(graph_def, path: str = "graph") -> None:
         g.topo_order()
     except GraphError as e:
         raise GraphError(f"{path}: {e}") from None
+    _check_imports(graph_def, path)
+
+
+def _check_imports(graph_def, path: str) -> None:
+    """TensorFlow's own import (shape inference, no execution) must accept the graph."""
+    tf = tfproto.tf()
+    try:
+        with tf.Graph().as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+    except Exception as e:  # InvalidArgumentError, ValueError, ...
+        raise GraphError(f"{path}: TensorFlow rejects the graph: {_short(e)}") from None
 
 
 def _check_signatures(g: Graph, path: str) -> None:
@@ -174,6 +185,11 @@ def _check_signatures(g: Graph, path: str) -> None:
         for key, a in n.attr.items():
             if a.WhichOneof("value") == "type" and not _valid_dtype(a.type):
                 raise GraphError(f"{where}: attribute '{key}' holds no valid data type ({a.type})")
+        for spec in op_def.attr:  # e.g. FusedBatchNormV3's T must be half, bfloat16 or float
+            allowed = spec.allowed_values.list.type if spec.type == "type" else ()
+            if allowed and spec.name in n.attr and n.attr[spec.name].type not in allowed:
+                raise GraphError(f"{where}: attribute '{spec.name}' is {_dtype_name(n.attr[spec.name].type)}, "
+                                 f"which the op does not accept")
         want = _arg_count(op_def, op_def.input_arg, n)
         outs = _arg_count(op_def, op_def.output_arg, n)
         if want is None or outs is None:
@@ -220,6 +236,12 @@ def _arg_count(op_def, args, n) -> int | None:
         else:
             total += 1
     return total
+
+
+def _dtype_name(enum: int) -> str:
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(enum)[3:].lower() if _valid_dtype(enum) else str(enum)
 
 
 def _valid_dtype(enum: int) -> bool:

@@ -87,3 +87,36 @@ def test_default_outputs_do_not_silently_drop_layers():
     r = fold_cleanly(gd, inputs=["x:0"])
     # expected: the graph's real end ('out:0') and a refusal of the unfrozen BN, or an error
     assert isinstance(r, BNConvertError) or r.report.outputs == ["out:0"], r.report.outputs
+
+
+def test_merge_value_index_in_use_is_handled():
+    from tensorflow.core.framework import graph_pb2
+
+    path = os.path.join(ROOT, "fixtures", "decomp_contrib_scope.pb")
+    if not os.path.exists(path):
+        pytest.skip("fixture missing")
+    gd = graph_pb2.GraphDef()
+    with open(path, "rb") as f:
+        gd.ParseFromString(f.read())
+    cast = gd.node.add()  # a valid graph: Cast(Merge_1:1 int32 -> float) as a second output
+    cast.name, cast.op = "value_index", "Cast"
+    cast.input.append("BatchNorm/cond_1/Merge_1:1")
+    cast.attr["SrcT"].type, cast.attr["DstT"].type = tf.int32.as_datatype_enum, tf.float32.as_datatype_enum
+    outs = [n.name + ":0" for n in gd.node if n.name == "out"] or None
+    fold_cleanly(gd, outputs=(outs or []) + ["value_index:0"])
+
+
+@pytest.mark.xfail(strict=False, raises=ValueError,
+                   reason="fold.plan accepts a BiasAdd whose bias is not 1-D of length C; fold_bias then raises")
+def test_bias_of_the_wrong_shape_is_not_folded():
+    gd = conv_bn_graph()
+    bias = gd.node.add()
+    bias.name, bias.op = "Conv/BiasAdd", "BiasAdd"
+    bias.input.extend(["Conv/Conv2D", "Conv/weights"])  # the 4-D filter as the bias
+    bias.attr["T"].type = tf.float32.as_datatype_enum
+    bias.attr["data_format"].s = b"NHWC"
+    node(gd, "bn/FusedBatchNormV3").input[0] = "Conv/BiasAdd"
+    r = fold_cleanly(gd, outputs=["out:0"])
+    if not isinstance(r, BNConvertError):
+        with tf.Graph().as_default():
+            tf.compat.v1.import_graph_def(r.graph_def, name="")
