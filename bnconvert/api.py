@@ -35,16 +35,16 @@ class FoldedModel:
     model: Model
 
 
-def load(path: str, outputs: list[str] | None = None) -> Model:
+def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False) -> Model:
     """Read a .pb / .pbtxt / checkpoint / SavedModel into a checked, frozen :class:`Model`."""
-    return _load(path, outputs=outputs)
+    return _load(path, outputs=outputs, allow_unsafe=allow_unsafe)
 
 
-def _as_model(model_or_graph_def) -> Model:
+def _as_model(model_or_graph_def, allow_unsafe: bool = False) -> Model:
     if isinstance(model_or_graph_def, Model):
         return model_or_graph_def
     if isinstance(model_or_graph_def, (str, os.PathLike)):
-        return load(model_or_graph_def)
+        return load(model_or_graph_def, allow_unsafe=allow_unsafe)
     if hasattr(model_or_graph_def, "node"):
         from .load import check_graph, repair_ref_ops
 
@@ -225,7 +225,7 @@ def convert(
         outdir = _check_outdir(paths, path, force)
         with _naming(path):
             t0 = time.perf_counter()
-            model = load(path, outputs=outputs)
+            model = load(path, outputs=outputs, allow_unsafe=allow_unsafe)
             load_s = time.perf_counter() - t0
             folded = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, mode=mode, only=only)
             if not allow_unsafe and (verify or set(to) - {"pb"}):
@@ -440,7 +440,7 @@ def compare(
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
     with _naming(original):
-        model = _as_model(original)
+        model = _as_model(original, allow_unsafe=allow_unsafe)
         info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
         ins, outs, flags = info.inputs, info.outputs, info.training_flags
         shapes = resolve_shapes(model.graph_def, ins, input_shapes, batch=batch)
@@ -455,7 +455,7 @@ def compare(
     elif converted.endswith(".tflite"):
         runs.append(("tflite", lambda: run_tflite(converted, feeds, outs)))
     else:
-        conv = load(converted)
+        conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
         runs.append(("tf:converted", lambda: run_tf(conv.graph_def, feeds, outs, flags=present, allow_unsafe=allow_unsafe,
                                                     what=converted)))

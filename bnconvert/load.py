@@ -61,24 +61,26 @@ class Model:
         return base
 
 
-def load(path: str, outputs: list[str] | None = None) -> Model:
+def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False) -> Model:
     """Read ``path`` (any supported format) into a checked, frozen :class:`Model`.
 
     ``outputs`` only matters for checkpoints: it names what to freeze (default: every node,
-    pruned later to the inference path).
+    pruned later to the inference path).  Checkpoints and SavedModels are restored by running
+    their saver's restore op (and a SavedModel's init op), so their graphs are first checked for
+    ops that reach outside the process, beyond the saver's own (``allow_unsafe`` skips this).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-            model = _load_saved_model(path)
+            model = _load_saved_model(path, allow_unsafe)
         elif os.path.exists(os.path.join(path, "checkpoint")):
-            model = _load_checkpoint(_latest_meta(path), outputs)
+            model = _load_checkpoint(_latest_meta(path), outputs, allow_unsafe)
         else:
             raise InputError(f"{path}: a folder that is neither a SavedModel (no saved_model.pb) nor a checkpoint folder")
     elif path.endswith(".meta"):
-        model = _load_checkpoint(path, outputs)
+        model = _load_checkpoint(path, outputs, allow_unsafe)
     else:
         model = _load_graph_file(path)
     gd, repairs = repair_ref_ops(model.graph_def)
@@ -332,9 +334,32 @@ def _latest_meta(folder: str) -> str:
 _SAVER_OPS = {"SaveV2", "RestoreV2", "Save", "Restore", "RestoreSlice", "SaveSlices", "MergeV2Checkpoints", "ShardedFilename", "StringJoin"}
 
 
-def _load_checkpoint(meta_path: str, outputs: list[str] | None) -> Model:
+def _check_restorable(meta_graph, where: str, allow_unsafe: bool) -> None:
+    """Refuse to restore a graph holding unsafe ops other than its saver's (save/RestoreV2...)."""
+    if allow_unsafe:
+        return
+    from .errors import UnsafeGraphError
+    from .safety import find_unsafe_ops
+
+    saver_scope = meta_graph.saver_def.filename_tensor_name.split("/")[0] + "/" if meta_graph.HasField("saver_def") else None
+    for name, op in find_unsafe_ops(meta_graph.graph_def):
+        if saver_scope and name.startswith(saver_scope) and op in _SAVER_OPS | {"SaveV2", "RestoreV2"}:
+            continue
+        raise UnsafeGraphError(f"{where}: holds op {op} (node '{name}') that reads or writes outside the process; "
+                               "refusing to restore it (pass --allow-unsafe-ops to load it anyway)")
+
+
+def _load_checkpoint(meta_path: str, outputs: list[str] | None, allow_unsafe: bool = False) -> Model:
     tf = tfproto.tf()
     data = _read_bytes(meta_path)
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    try:
+        meta.ParseFromString(data)
+    except Exception as e:
+        raise InputError(f"{meta_path}: not a TF1 MetaGraphDef ({_short(e)})") from e
+    _check_restorable(meta, meta_path, allow_unsafe)
     prefix = meta_path[: -len(".meta")]
     if not (os.path.exists(prefix + ".index") or os.path.exists(prefix)):
         raise InputError(f"{meta_path}: no variables beside it ({os.path.basename(prefix)}.index missing)")
@@ -390,8 +415,22 @@ class _quiet:
         self._logger.setLevel(self._level)
 
 
-def _load_saved_model(folder: str) -> Model:
+def _load_saved_model(folder: str, allow_unsafe: bool = False) -> Model:
     tf = tfproto.tf()
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(folder, "saved_model.pb")
+    if os.path.exists(pb):
+        sm = saved_model_pb2.SavedModel()
+        try:
+            sm.ParseFromString(_read_bytes(pb))
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{folder}: saved_model.pb is not a SavedModel ({_short(e)})") from e
+        for mg in sm.meta_graphs:
+            if "serve" in mg.meta_info_def.tags:
+                _check_restorable(mg, folder, allow_unsafe)
     graph = tf.Graph()
     try:
         with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:

@@ -106,8 +106,6 @@ def test_merge_value_index_in_use_is_handled():
     fold_cleanly(gd, outputs=(outs or []) + ["value_index:0"])
 
 
-@pytest.mark.xfail(strict=False, raises=ValueError,
-                   reason="fold.plan accepts a BiasAdd whose bias is not 1-D of length C; fold_bias then raises")
 def test_bias_of_the_wrong_shape_is_not_folded():
     gd = conv_bn_graph()
     bias = gd.node.add()

@@ -176,7 +176,6 @@ class Builder:
         return z if rank == 4 else tf.reshape(z, [-1, c])
 
     def layer(self, x, L):
-        s = self.spec
         kind = L["kind"]
         cin = int(x.shape[-1])
         if kind == "dense":
@@ -202,7 +201,6 @@ class Builder:
             b, h, wd = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
             st_ = L["stride"]
             y = tf.nn.conv2d_transpose(x, w, [b, h * st_, wd * st_, L["cout"]], st_, "SAME")
-        del s
         return self.after(y, L, L["form"])
 
     def after(self, y, L, form):
