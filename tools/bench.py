@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import hashlib
 import json
 import math
 import os
@@ -534,7 +535,9 @@ def task_graph(arch: str, n: int, path: str, ref: str, workdir: str, peers: bool
                floor: dict | None, cap: float | None) -> dict:
     """bnconvert's stages, then (optionally) the peers and the floor's ONNX, in one process."""
     _imports()
-    res = {"pipeline": pipeline(arch, n, path, ref, workdir), "peers": {}}
+    import bnconvert
+
+    res = {"pipeline": pipeline(arch, n, path, ref, workdir), "peers": {}, "bnconvert_file": bnconvert.__file__}
     if n >= LARGE and cap is None:
         cap = max(CAP_MIN, CAP_FACTOR * res["pipeline"]["to_onnx_s"])
     for tool in ("tf2onnx", "tf2onnx_const", "optimize_for_inference") if peers else ():
@@ -618,14 +621,39 @@ def child_main(job_file: str) -> int:
 
 
 # ====================================================================== parent side
-def run_proc(cmd: list[str], timeout: float, log: str | None = None) -> dict:
-    """Run ``cmd``; its wall time, exit code and own peak RSS (wait4's ru_maxrss)."""
+def source_hash(folder: str) -> str:
+    """sha256 (12 hex digits) of a package's .py files, names included."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def snapshot_source(workdir: str) -> tuple[str, str]:
+    """Copy bnconvert/ into the work folder; every child imports that copy (PYTHONPATH), so edits
+    to the working tree during a run cannot mix two versions into one report."""
+    src = os.path.join(workdir, "src")
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "bnconvert"), os.path.join(src, "bnconvert"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return src, source_hash(os.path.join(src, "bnconvert"))
+
+
+def run_proc(cmd: list[str], timeout: float, log: str | None = None, pythonpath: str = ROOT,
+             cwd: str | None = None) -> dict:
+    """Run ``cmd`` in ``cwd`` (not the repository: ``python -c``/``-m`` put the current folder first on
+    sys.path, ahead of ``pythonpath``); its wall time, exit code and own peak RSS (wait4's ru_maxrss)."""
     env = dict(os.environ, **ENV)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
     box: dict = {}
     with open(log or os.devnull, "ab") as out:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd or tempfile.gettempdir())
 
         def reap():  # blocks in wait4 (no polling that would steal CPU from the child)
             _, status, ru = os.wait4(p.pid, 0)
@@ -644,8 +672,9 @@ def run_proc(cmd: list[str], timeout: float, log: str | None = None) -> dict:
 
 
 class Runner:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, pythonpath: str = ROOT):
         self.workdir = workdir
+        self.pythonpath = pythonpath
         self.log = os.path.join(workdir, "children.log")
         self.count = 0
 
@@ -663,7 +692,8 @@ class Runner:
             json.dump(spec, f)
         with open(self.log, "a") as f:
             f.write(f"\n==== job {self.count}: {[j[0] for j in jobs]}\n")
-        proc = run_proc([sys.executable, os.path.abspath(__file__), "--child", job_file], timeout, self.log)
+        proc = run_proc([sys.executable, os.path.abspath(__file__), "--child", job_file], timeout, self.log,
+                        self.pythonpath, self.workdir)
         results = []
         for s in spec:
             if os.path.exists(s["result"]):
@@ -677,7 +707,7 @@ class Runner:
     def command(self, cmd: list[str], timeout: float) -> dict:
         with open(self.log, "a") as f:
             f.write(f"\n==== {' '.join(cmd)}\n")
-        return run_proc(cmd, timeout, self.log)
+        return run_proc(cmd, timeout, self.log, self.pythonpath, self.workdir)
 
 
 def _installed_version(dist: str) -> str | None:
@@ -786,6 +816,8 @@ def run_benchmarks(args, runner: Runner) -> dict:
         for (key, _), r in zip(group, results):
             res["pipeline"][key] = r.get("pipeline", r) if r.get("ok") else r
             res["peers"][key] = r.get("peers", {})
+            if r.get("ok") and not r["bnconvert_file"].startswith(runner.pythonpath):
+                raise SystemExit(f"bench: a child imported {r['bnconvert_file']}, not the snapshot in {runner.pythonpath}")
     lat_jobs = []
     for it in items:
         key = f"{it['arch']}/{it['n']}"
@@ -924,6 +956,10 @@ def render(res: dict, meta: dict) -> str:
          "processes sharing the cores, and the timings below include their interference",
          f"- versions: Python {m['python']}, TensorFlow {v['tensorflow']}, tf2onnx {v['tf2onnx']}, "
          f"onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, numpy {v['numpy']}, bnconvert {v['bnconvert']}",
+         f"- bnconvert source: a copy of `bnconvert/` taken at the start (sha256 of its .py files "
+         f"`{meta['source']}`), imported by every measurement; the working tree's `bnconvert/` "
+         + ("**changed during the run** (these numbers are for the copy)" if meta["source_changed"]
+            else "was unchanged at the end"),
          f"- graphs: {', '.join(meta['archs'])} with {', '.join(map(str, meta['sizes']))} BN layers"
          + (f", plus the wide ResNet ({WIDE_N} BN layers, 128 channels) for memory" if meta["memory_probe"] else "")
          + f"; conversions stopped after {meta['timeout']:.0f} s (from {LARGE} BN layers: after "
@@ -1229,7 +1265,8 @@ def main(argv=None) -> int:
     load_before = _loadavg()
     workdir = args.workdir or tempfile.mkdtemp(prefix="bnconvert-bench-")
     os.makedirs(workdir, exist_ok=True)
-    runner = Runner(workdir)
+    src, src_hash = snapshot_source(workdir)
+    runner = Runner(workdir, src)
     try:
         res = run_benchmarks(args, runner)
         if args.build_only:
@@ -1242,7 +1279,8 @@ def main(argv=None) -> int:
                 "wall_s": time.perf_counter() - t0, "quick": args.quick, "archs": args.archs,
                 "sizes": args.sizes, "timeout": args.timeout, "runs": args.runs,
                 "memory_probe": args.memory_probe, "machine": machine(), "versions": versions(),
-                "load_before": load_before, "load_after": _loadavg()}
+                "load_before": load_before, "load_after": _loadavg(), "source": src_hash,
+                "source_changed": source_hash(os.path.join(ROOT, "bnconvert")) != src_hash}
         md = render(res, meta)
         print(md)
         if args.out:
