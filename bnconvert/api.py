@@ -128,6 +128,7 @@ def fold(
     t1 = time.perf_counter()
     result = fold_all(g, outs, mode=mode, only=set(only) if only else None, keep_going=keep_going)
     g.prune(outs, keep=[node_of(t) for t in ins])
+    g.invalidate()  # drop the numpy copies of constants before writing the GraphDef
     report.layers = [layer.to_dict() for layer in result.layers]
     report.timings["match_fold"] = time.perf_counter() - t1
     gd = g.to_graph_def()

@@ -50,7 +50,8 @@ def input_string(tensor: str) -> str:
 class Graph:
     """Nodes by name plus a consumer index, with edits that keep both consistent."""
 
-    def __init__(self, graph_def):
+    def __init__(self, graph_def, copy_nodes: bool = True):
+        """``copy_nodes=False`` indexes the GraphDef's own nodes: for read-only use only."""
         self._proto_type = type(graph_def)
         self.versions = copy.deepcopy(graph_def.versions)
         self.library = copy.deepcopy(graph_def.library)
@@ -60,7 +61,7 @@ class Graph:
                 raise GraphError("a node has no name")
             if n.name in self.nodes:
                 raise GraphError(f"node name '{n.name}' appears twice")
-            self.nodes[n.name] = copy.deepcopy(n)
+            self.nodes[n.name] = copy.deepcopy(n) if copy_nodes else n
         self._consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for n in self.nodes.values():
             for i, s in enumerate(n.input):

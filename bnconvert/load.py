@@ -141,7 +141,7 @@ def _short(e: Exception) -> str:
 
 def check_graph(graph_def, path: str = "graph") -> None:
     """Structural checks that need no execution: names, inputs, known ops, no cycle."""
-    g = Graph(graph_def)
+    g = Graph(graph_def, copy_nodes=False)  # read-only: no copy of the weights
     for n in g.nodes.values():
         if not n.op:
             raise GraphError(f"{path}: node '{n.name}' has no op type (corrupt GraphDef?)")
