@@ -366,9 +366,8 @@ def _feeds(graph_def, inputs, shapes, data, seed):
 
 
 def _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsafe, seed) -> None:
-    from .verify.compare import compare
     from .verify.inputs import resolve_shapes
-    from .verify.runners import run_onnx, run_tf, run_tflite
+    from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     tol = _tolerances(atol, rtol)
     shapes = report.input_shapes or resolve_shapes(folded.graph_def, report.inputs, None, batch=1)
@@ -384,19 +383,29 @@ def _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsaf
         runs.append(("tf:folded", staged["pb"], lambda: run_tf(folded.graph_def, feeds, report.outputs, allow_unsafe=allow_unsafe)))
     if "onnx" in staged:
         for prov in providers:
-            name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(prov, prov)
-            runs.append((f"onnx:{name}", staged["onnx"], lambda prov=prov: run_onnx(staged["onnx"], feeds, report.outputs, provider=prov)))
+            runs.append((onnx_runtime_label(prov), staged["onnx"],
+                         lambda prov=prov: run_onnx(staged["onnx"], feeds, report.outputs, provider=prov)))
     if "tflite" in staged:
         runs.append(("tflite", staged["tflite"], lambda: run_tflite(staged["tflite"], feeds, report.outputs)))
+    report.verification.update(_compare_runs(ref, runs, tol, report.timings))
+
+
+def _compare_runs(ref: dict, runs: list, tol: dict, timings: dict | None = None) -> dict[str, dict]:
+    """Run each ``(runtime, file, fn)`` and compare its outputs with ``ref``; one dict per runtime."""
+    from .verify.compare import compare as compare_outputs
+
+    result = {}
     for runtime, file, fn in runs:
         t = time.perf_counter()
-        cand = fn()
-        report.timings[f"verify_{runtime}"] = time.perf_counter() - t
+        with _naming(file):
+            cand = fn()
+        if timings is not None:
+            timings[f"verify_{runtime}"] = time.perf_counter() - t
         note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
-        res = compare(ref, cand, runtime=runtime, file=os.path.basename(file), note=note, **tol)
-        d = res.to_dict()
+        d = compare_outputs(ref, cand, runtime=runtime, file=os.path.basename(file), note=note, **tol).to_dict()
         d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
-        report.verification[runtime] = d
+        result[runtime] = d
+    return result
 
 
 def _first_failure(report: Report) -> str:
@@ -434,9 +443,8 @@ def compare(
     per-output statistics; raises :class:`VerificationError` on a mismatch unless
     ``raise_on_failure`` is False.
     """
-    from .verify.compare import compare as compare_outputs
     from .verify.inputs import resolve_shapes
-    from .verify.runners import run_onnx, run_tf, run_tflite
+    from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
@@ -451,24 +459,15 @@ def compare(
     runs = []
     if converted.endswith(".onnx"):
         for prov in providers:
-            name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(prov, prov)
-            runs.append((f"onnx:{name}", lambda prov=prov: run_onnx(converted, feeds, outs, provider=prov)))
+            runs.append((onnx_runtime_label(prov), converted, lambda prov=prov: run_onnx(converted, feeds, outs, provider=prov)))
     elif converted.endswith(".tflite"):
-        runs.append(("tflite", lambda: run_tflite(converted, feeds, outs)))
+        runs.append(("tflite", converted, lambda: run_tflite(converted, feeds, outs)))
     else:
         conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
-        runs.append(("tf:converted", lambda: run_tf(conv.graph_def, feeds, outs, flags=present, allow_unsafe=allow_unsafe,
-                                                    what=converted)))
-    result = {}
-    for runtime, fn in runs:
-        note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
-        with _naming(converted):
-            cand = fn()
-        res = compare_outputs(ref, cand, runtime=runtime, file=os.path.basename(converted), note=note, **tol)
-        d = res.to_dict()
-        d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
-        result[runtime] = d
+        runs.append(("tf:converted", converted, lambda: run_tf(conv.graph_def, feeds, outs, flags=present,
+                                                                allow_unsafe=allow_unsafe, what=converted)))
+    result = _compare_runs(ref, runs, tol)
     if raise_on_failure and not all(v["ok"] for v in result.values()):
         from .errors import VerificationError
 

@@ -27,7 +27,7 @@ def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = No
           providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1) -> dict:
     from . import api
     from .verify.inputs import placeholder_shapes
-    from .verify.runners import run_onnx, run_tf, run_tflite
+    from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     digits = load_mnist(mnist_dir)
     with tempfile.TemporaryDirectory(prefix="bnconvert-mnist-") as tmp:
@@ -42,8 +42,7 @@ def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = No
         folded = api.load(files["pb"])
         scores["tf:folded"] = run_tf(folded.graph_def, feeds, [logits])[logits]
         for prov in providers:
-            name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[prov]
-            scores[f"onnx:{name}"] = run_onnx(files["onnx"], feeds, [logits], provider=prov)[logits]
+            scores[onnx_runtime_label(prov)] = run_onnx(files["onnx"], feeds, [logits], provider=prov)[logits]
         scores["tflite"] = run_tflite(files["tflite"], feeds, [logits])[logits]
     ref_acc = accuracy(scores["tf:original"], digits.y_test)
     n = len(digits.y_test)

@@ -1,6 +1,8 @@
+import contextlib
 import glob
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -62,3 +64,23 @@ def tmp_out(tmp_path):
     d = tmp_path / "out"
     d.mkdir()
     return d
+
+
+class Hang(Exception):
+    """A run that exceeded its :func:`time_limit`."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise :class:`Hang` in the block after ``seconds`` (SIGALRM; main thread only)."""
+
+    def handler(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -6,9 +6,7 @@ never a hang (each run is bounded by SIGALRM).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -20,28 +18,11 @@ import tensorflow as tf
 
 import bnconvert
 from bnconvert.errors import BNConvertError
+from conftest import time_limit  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from make_bad_inputs import conv_bn_graph  # noqa: E402
-
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    def handler(signum, frame):
-        raise Hang(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def fold_cleanly(gd, **kw):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 
@@ -33,6 +32,7 @@ from hypothesis import strategies as st
 
 import bnconvert
 from bnconvert.errors import BNConvertError
+from conftest import Hang, time_limit  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
@@ -298,24 +298,6 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
         elif b:  # overwrite with a "special" value (length/varint edge cases)
             b[i % len(b)] = int(rng.choice([0x00, 0x7F, 0x80, 0xFF]))
     return bytes(b)
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    def handler(signum, frame):
-        raise _Timeout(f"over {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def fuzz_fixtures():
