@@ -221,14 +221,14 @@ def apply_fold(g: Graph, p: Plan, outputs: set[str]) -> None:
         g.set_input(p.bias_node, p.bias_input, f"{bc.name}:0")
         new = m.x
     else:
-        added = _insert_bias(g, prod, arith.fold_bias(None, m.scale, m.shift, w.dtype), p)
+        added = _insert_bias(g, prod, arith.fold_bias(None, m.scale, m.shift, w.dtype))
         new = m.x if p.path else added  # with no node in between, the BN read the producer
     _replace_output(g, m, new, outputs)
     if p.reshape is not None:
         _collapse_reshape_pair(g, p.reshape)
 
 
-def _insert_bias(g: Graph, prod, bias: np.ndarray, p: Plan) -> str:
+def _insert_bias(g: Graph, prod, bias: np.ndarray) -> str:
     """A new bias add right after the producer; returns its output tensor."""
     out = f"{prod.name}:0"
     axis = _producer_axis(g, prod)
@@ -274,11 +274,7 @@ def _replace_output(g: Graph, m: BNMatch, new: str, outputs: set[str]) -> None:
 
 
 def _t_attr(g: Graph, node):
-    from tensorflow.core.framework import attr_value_pb2
-
-    if "T" in node.attr:
-        return node.attr["T"]
-    return attr_value_pb2.AttrValue(type=1)
+    return node.attr["T"] if "T" in node.attr else tfproto.type_attr(1)  # DT_FLOAT
 
 
 def _collapse_reshape_pair(g: Graph, first: str) -> None:

@@ -111,10 +111,6 @@ class Graph:
                 found.add(prefix + str(i))
         return sorted(found)
 
-    def op(self, tensor: str) -> str | None:
-        n = self.get(tensor)
-        return n.op if n is not None else None
-
     def attr(self, node, key, default=None):
         if key not in node.attr:
             return default
@@ -132,19 +128,6 @@ class Graph:
                 return list(lst.f)
             return []
         return getattr(a, kind) if kind else default
-
-    def follow_identity(self, tensor: str) -> str:
-        """Skip Identity / Snapshot nodes backwards (``a/read:0`` -> ``a:0``)."""
-        seen = 0
-        t = tensor_name(tensor)
-        while True:
-            n = self.get(t)
-            if n is None or n.op not in ("Identity", "Snapshot", "StopGradient") or not n.input:
-                return t
-            t = tensor_name(n.input[0])
-            seen += 1
-            if seen > len(self.nodes):
-                raise GraphError(f"cycle of Identity nodes at '{node_of(tensor)}'")
 
     # ------------------------------------------------------------------ constants
     def const(self, tensor: str, wide: bool = False) -> np.ndarray | None:
@@ -292,15 +275,6 @@ class Graph:
             for i, s in enumerate(node.input):
                 self._consumers[tensor_name(s)].append((node_name, i))
         return dropped
-
-    def replace_inputs(self, node_name: str, inputs: list[str]) -> None:
-        node = self.nodes[node_name]
-        for i, s in enumerate(node.input):
-            self._consumers[tensor_name(s)].remove((node_name, i))
-        del node.input[:]
-        node.input.extend(inputs)
-        for i, s in enumerate(node.input):
-            self._consumers[tensor_name(s)].append((node_name, i))
 
     # ------------------------------------------------------------------ structure
     def ancestors(self, tensors: Iterable[str], control: bool = True) -> set[str]:

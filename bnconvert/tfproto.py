@@ -95,21 +95,9 @@ def string_attr(s: str):
     return attr_value_pb2.AttrValue(s=s.encode())
 
 
-def bool_attr(b: bool):
-    tf()
-    from tensorflow.core.framework import attr_value_pb2
-
-    return attr_value_pb2.AttrValue(b=b)
-
-
 def np_dtype(enum: int) -> np.dtype:
     t = tf()
     return np.dtype(t.dtypes.as_dtype(enum).as_numpy_dtype)
-
-
-def dtype_name(enum: int) -> str:
-    t = tf()
-    return t.dtypes.as_dtype(enum).name
 
 
 def op_registered(op: str) -> bool:
