@@ -9,20 +9,20 @@ The CLI is a thin layer over these functions; everything it can do, they can.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
 
 from . import endpoints, inference
-from .errors import BNConvertError, InputError, Interrupted, OutputError, VerificationError
+from .errors import InputError
 from .fold import fold_all
 from .graph import Graph, node_of
-from .load import MAX_PROTO_BYTES, Model
+from .load import Model
 from .load import load as _load
+from .options import FORMATS, ConvertOptions, VerifyOptions
 from .report import BN_OPS, Report
+from .verify.check import naming as _naming
 
-FORMATS = ("pb", "onnx", "tflite")
 _BN_RELATED = BN_OPS + ("Rsqrt", "Switch", "Merge", "RefSwitch")
 
 
@@ -52,22 +52,6 @@ def _as_model(model_or_graph_def, allow_unsafe: bool = False) -> Model:
         check_graph(gd, "graph")
         return Model(gd, "<GraphDef>", "graphdef", repairs=repairs)
     raise InputError(f"expected a path, a Model or a GraphDef, got {type(model_or_graph_def).__name__}")
-
-
-@contextlib.contextmanager
-def _naming(path):
-    """Errors raised inside name ``path`` (prefixed ``path: ``) unless they already do.
-
-    Output errors name their own file; verification failures name the converted file.
-    """
-    try:
-        yield
-    except BNConvertError as e:
-        if isinstance(path, (str, os.PathLike)) and not isinstance(e, (OutputError, VerificationError, Interrupted)):
-            p = os.fspath(path)
-            if p not in e.message:
-                e.message = f"{p}: {e.message}"
-        raise
 
 
 def _bn_ops(hist: dict[str, int]) -> dict[str, int]:
@@ -144,280 +128,20 @@ def inspect(model, **kwargs) -> Report:
 
 
 # ---------------------------------------------------------------------- convert
-def output_paths(path: str, outdir: str | None, to: tuple[str, ...]) -> dict[str, str]:
-    stem = Model(None, path, "").stem
-    outdir = outdir if outdir is not None else os.path.dirname(os.path.abspath(path))
-    names = {"pb": f"{stem}.folded.pb", "onnx": f"{stem}.onnx", "tflite": f"{stem}.tflite", "report": f"{stem}.report.json"}
-    return {k: os.path.join(outdir, v) for k, v in names.items() if k in to or k == "report"}
-
-
-def write_graph_def(graph_def, path: str) -> int:
-    size = graph_def.ByteSize()
-    if size > MAX_PROTO_BYTES:
-        raise OutputError(f"{path}: the folded graph is {size} bytes, over protobuf's 2 GiB limit")
-    with open(path, "wb") as f:
-        f.write(graph_def.SerializeToString())
-    return size
-
-
-def _check_outdir(paths: dict[str, str], src: str, force: bool) -> str:
-    outdir = os.path.dirname(next(iter(paths.values())))
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise OutputError(f"{outdir}: output folder is a file")
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{outdir}: cannot create the output folder ({e.strerror})") from e
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        raise OutputError(f"{outdir}: output folder is not writable")
-    src_real = os.path.realpath(src)
-    for p in paths.values():
-        if os.path.realpath(p) == src_real:
-            raise OutputError(f"{p}: would overwrite the input; choose another -o folder")
-    existing = [p for p in paths.values() if os.path.exists(p)]
-    if existing and not force:
-        raise OutputError(f"{existing[0]} exists (pass --force to overwrite)")
-    return outdir
-
-
-def convert(
-    path: str,
-    outdir: str | None = None,
-    *,
-    to: tuple[str, ...] = FORMATS,
-    verify: bool = True,
-    force: bool = False,
-    inputs: list[str] | None = None,
-    outputs: list[str] | None = None,
-    set_flags: dict[str, bool] | None = None,
-    mode: str = "fold",
-    only: list[str] | None = None,
-    opset: int = 17,
-    batch: int = 1,
-    input_shapes: dict[str, list[int]] | None = None,
-    data: str | None = None,
-    providers: tuple[str, ...] = ("cpu",),
-    atol: float | None = None,
-    rtol: float | None = None,
-    allow_unsafe: bool = False,
-    seed: int = 0,
-) -> Report:
-    """``bnconvert fold``: load, fold, export ``to`` formats, verify, write the report.
+def convert(path: str, outdir: str | None = None, **options) -> Report:
+    """``bnconvert fold``: load, fold, export, verify, write the report; returns the :class:`Report`.
 
     Files go to ``outdir`` (default: the input's folder) as ``<stem>.folded.pb``,
-    ``<stem>.onnx``, ``<stem>.tflite`` and ``<stem>.report.json``.  Everything is written into
-    a temporary folder beside them first and renamed into place only when all of it is done,
-    so a failure or an interrupt leaves nothing behind; existing files are replaced only with
-    ``force``; the input is only read.  When verification fails the files and the report are
-    still written (to inspect them) and :class:`VerificationError` (exit code 1) is raised.
+    ``<stem>.onnx``, ``<stem>.tflite`` and ``<stem>.report.json``.  ``options`` are the CLI's
+    (see :mod:`bnconvert.options`): ``to``, ``verify``, ``force``, ``inputs``, ``outputs``,
+    ``set_flags``, ``mode``, ``only``, ``opset``, ``batch``, ``input_shapes``, ``data``,
+    ``providers``, ``atol``, ``rtol``, ``allow_unsafe``, ``seed``.  Nothing is left behind on
+    failure; when verification fails the files are written and :class:`VerificationError`
+    (exit code 1, ``.report`` attached) is raised.
     """
-    import shutil
-    import tempfile
+    from . import pipeline
 
-    to = tuple(dict.fromkeys(to))
-    bad = [f for f in to if f not in FORMATS]
-    if bad or not to:
-        raise InputError(f"--to: unknown format '{bad[0] if bad else ''}' (choose from {', '.join(FORMATS)})")
-    paths = output_paths(path, outdir, to)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file or directory")
-    created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
-    try:
-        outdir = _check_outdir(paths, path, force)
-        with _naming(path):
-            t0 = time.perf_counter()
-            model = load(path, outputs=outputs, allow_unsafe=allow_unsafe)
-            load_s = time.perf_counter() - t0
-            folded = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, mode=mode, only=only)
-            if not allow_unsafe and (verify or set(to) - {"pb"}):
-                # verification runs the original graph; TF's converters run grappler on the folded one
-                from .safety import check_safe
-
-                check_safe(model.graph_def if verify else folded.graph_def, what=path)
-    except BaseException:
-        _remove_dirs(created)
-        raise
-    report = folded.report
-    report.timings = {"load": load_s, **report.timings}
-    tmp = None
-    try:
-        tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
-        with _naming(path):
-            staged = _export_all(folded, to, tmp, paths, opset, batch, input_shapes, report)
-            if verify:
-                _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsafe, seed)
-        report.files = {k: v for k, v in paths.items() if k in staged}
-        report.files["report"] = paths["report"]
-        with open(os.path.join(tmp, "report.json"), "w") as f:
-            f.write(report.to_json())
-        staged["report"] = os.path.join(tmp, "report.json")
-        _install(staged, paths)
-    except BaseException:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _remove_dirs(created)
-        raise
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if verify and not report.ok:
-        from .errors import VerificationError
-
-        raise VerificationError(_first_failure(report))
-    return report
-
-
-def _missing_dirs(folder: str) -> list[str]:
-    """The folders ``os.makedirs(folder)`` would create, deepest first."""
-    out = []
-    folder = os.path.abspath(folder)
-    while folder and not os.path.lexists(folder):
-        out.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return out
-
-
-def _remove_dirs(folders: list[str]) -> None:
-    """Remove the folders a failed :func:`convert` created, if they are still empty."""
-    for d in folders:
-        try:
-            os.rmdir(d)
-        except OSError:
-            return
-
-
-def _install(staged: dict[str, str], paths: dict[str, str]) -> None:
-    """Rename staged files into place with SIGINT/SIGTERM held back, report last."""
-    import signal
-
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        for kind in sorted(staged, key=lambda k: k == "report"):
-            os.replace(staged[kind], paths[kind])
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _export_all(folded, to, tmp, paths, opset, batch, input_shapes, report) -> dict[str, str]:
-    staged: dict[str, str] = {}
-    r = report
-    if "pb" in to:
-        t = time.perf_counter()
-        staged["pb"] = os.path.join(tmp, os.path.basename(paths["pb"]))
-        write_graph_def(folded.graph_def, staged["pb"])
-        r.timings["write_pb"] = time.perf_counter() - t
-    if "onnx" in to or "tflite" in to:
-        from .verify.inputs import resolve_shapes
-
-        r.input_shapes = resolve_shapes(folded.graph_def, r.inputs, input_shapes, batch=batch)
-    if "onnx" in to:
-        from .export.onnx import export_onnx
-
-        t = time.perf_counter()
-        staged["onnx"] = os.path.join(tmp, os.path.basename(paths["onnx"]))
-        r.exports["onnx"] = export_onnx(folded.graph_def, r.inputs, r.outputs, staged["onnx"], opset=opset,
-                                        input_shapes=input_shapes)
-        r.timings["export_onnx"] = time.perf_counter() - t
-    if "tflite" in to:
-        from .export.tflite import export_tflite
-
-        t = time.perf_counter()
-        staged["tflite"] = os.path.join(tmp, os.path.basename(paths["tflite"]))
-        r.exports["tflite"] = export_tflite(folded.graph_def, r.inputs, r.outputs, staged["tflite"], r.input_shapes)
-        r.timings["export_tflite"] = time.perf_counter() - t
-    return staged
-
-
-def _tolerances(atol, rtol) -> dict:
-    from .verify.compare import DEFAULT_ATOL, DEFAULT_RTOL
-
-    return {"atol": DEFAULT_ATOL if atol is None else atol, "rtol": DEFAULT_RTOL if rtol is None else rtol}
-
-
-#: default tolerances for outputs computed in float16/bfloat16 (their epsilon is ~1e-3/8e-3):
-#: a float16 original rounds every layer, so a float32 or folded run differs by a few ulps
-NARROW_TOLERANCES = {"float16": {"atol": 1e-3, "rtol": 5e-3}, "bfloat16": {"atol": 1e-2, "rtol": 4e-2}}
-
-
-def _dtype_tolerances(ref: dict, atol, rtol, tol: dict, notes: list) -> dict:
-    """Widen the default tolerances for float16/bfloat16 outputs (explicit ones stay)."""
-    narrow = [str(v.dtype) for v in ref.values() if str(v.dtype) in NARROW_TOLERANCES]
-    if not narrow:
-        return tol
-    wide = NARROW_TOLERANCES["bfloat16" if "bfloat16" in narrow else "float16"]
-    out = {"atol": wide["atol"] if atol is None else atol, "rtol": wide["rtol"] if rtol is None else rtol}
-    notes.append(f"outputs are {narrow[0]}: default tolerances atol={out['atol']}, rtol={out['rtol']}")
-    return out
-
-
-def _feeds(graph_def, inputs, shapes, data, seed):
-    from .verify.inputs import load_npz_inputs, random_inputs
-    from .tfproto import np_dtype
-
-    if data:
-        return load_npz_inputs(data, inputs)
-    g = Graph(graph_def)
-    dtypes = {t: np_dtype(g.node(t).attr["dtype"].type) for t in inputs}
-    return random_inputs(shapes, dtypes, seed=seed)
-
-
-def _verify_all(folded, staged, report, data, providers, atol, rtol, allow_unsafe, seed) -> None:
-    from .verify.inputs import resolve_shapes
-    from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
-
-    tol = _tolerances(atol, rtol)
-    shapes = report.input_shapes or resolve_shapes(folded.graph_def, report.inputs, None, batch=1)
-    report.input_shapes = shapes
-    feeds = _feeds(folded.graph_def, report.inputs, shapes, data, seed)
-    t = time.perf_counter()
-    ref = run_tf(folded.model.graph_def, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe,
-                 what=folded.model.path)
-    report.timings["verify_tf_original"] = time.perf_counter() - t
-    tol = _dtype_tolerances(ref, atol, rtol, tol, report.notes)
-    runs = []
-    if "pb" in staged:
-        runs.append(("tf:folded", staged["pb"], lambda: run_tf(folded.graph_def, feeds, report.outputs, allow_unsafe=allow_unsafe)))
-    if "onnx" in staged:
-        for prov in providers:
-            runs.append((onnx_runtime_label(prov), staged["onnx"],
-                         lambda prov=prov: run_onnx(staged["onnx"], feeds, report.outputs, provider=prov)))
-    if "tflite" in staged:
-        runs.append(("tflite", staged["tflite"], lambda: run_tflite(staged["tflite"], feeds, report.outputs)))
-    report.verification.update(_compare_runs(ref, runs, tol, report.timings))
-
-
-def _compare_runs(ref: dict, runs: list, tol: dict, timings: dict | None = None) -> dict[str, dict]:
-    """Run each ``(runtime, file, fn)`` and compare its outputs with ``ref``; one dict per runtime."""
-    from .verify.compare import compare as compare_outputs
-
-    result = {}
-    for runtime, file, fn in runs:
-        t = time.perf_counter()
-        with _naming(file):
-            cand = fn()
-        if timings is not None:
-            timings[f"verify_{runtime}"] = time.perf_counter() - t
-        note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
-        d = compare_outputs(ref, cand, runtime=runtime, file=os.path.basename(file), note=note, **tol).to_dict()
-        d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
-        result[runtime] = d
-    return result
-
-
-def _first_failure(report: Report) -> str:
-    for runtime, v in report.verification.items():
-        if not v.get("ok"):
-            for o in v.get("outputs", []):
-                if not o.get("ok"):
-                    return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "
-                            f"max abs error {o.get('max_abs'):.3g}, max rel error {o.get('max_rel'):.3g} "
-                            f"(atol {v.get('atol')}, rtol {v.get('rtol')})")
-            return f"verification failed: {runtime}"
-    return "verification failed"
+    return pipeline.convert(path, outdir, ConvertOptions.from_kwargs(**options))
 
 
 def compare(
@@ -443,34 +167,20 @@ def compare(
     per-output statistics; raises :class:`VerificationError` on a mismatch unless
     ``raise_on_failure`` is False.
     """
+    from .errors import VerificationError
+    from .verify.check import first_failure, verify_converted
     from .verify.inputs import resolve_shapes
-    from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
     with _naming(original):
         model = _as_model(original, allow_unsafe=allow_unsafe)
         info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
-        ins, outs, flags = info.inputs, info.outputs, info.training_flags
-        shapes = resolve_shapes(model.graph_def, ins, input_shapes, batch=batch)
-        feeds = _feeds(model.graph_def, ins, shapes, data, seed)
-        ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path)
-    tol = _dtype_tolerances(ref, atol, rtol, _tolerances(atol, rtol), [])
-    runs = []
-    if converted.endswith(".onnx"):
-        for prov in providers:
-            runs.append((onnx_runtime_label(prov), converted, lambda prov=prov: run_onnx(converted, feeds, outs, provider=prov)))
-    elif converted.endswith(".tflite"):
-        runs.append(("tflite", converted, lambda: run_tflite(converted, feeds, outs)))
-    else:
-        conv = load(converted, allow_unsafe=allow_unsafe)
-        present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
-        runs.append(("tf:converted", converted, lambda: run_tf(conv.graph_def, feeds, outs, flags=present,
-                                                                allow_unsafe=allow_unsafe, what=converted)))
-    result = _compare_runs(ref, runs, tol)
+        shapes = resolve_shapes(model.graph_def, info.inputs, input_shapes, batch=batch)
+    vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed)
+    result = verify_converted(model, converted, info, shapes, vopts, allow_unsafe=allow_unsafe)
     if raise_on_failure and not all(v["ok"] for v in result.values()):
-        from .errors import VerificationError
-
-        r = Report(verification=result)
-        raise VerificationError(_first_failure(r))
+        err = VerificationError(first_failure(result))
+        err.report = Report(verification=result)
+        raise err
     return result

@@ -400,6 +400,9 @@ def pipeline(arch: str, n: int, path: str, ref: str, workdir: str) -> dict:
     import numpy as np
 
     from bnconvert import api, endpoints, inference
+    from bnconvert import pipeline as bn_pipeline
+    from bnconvert.options import VerifyOptions
+    from bnconvert.verify.check import verify_conversion
     from bnconvert.export.onnx import export_onnx
     from bnconvert.export.tflite import export_tflite
     from bnconvert.fold import fold_all
@@ -441,13 +444,13 @@ def pipeline(arch: str, n: int, path: str, ref: str, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     stem = os.path.join(workdir, f"{arch}{n}")
     staged = {"pb": stem + ".folded.pb", "onnx": stem + ".bnconvert.onnx", "tflite": stem + ".tflite"}
-    measure(lambda: api.write_graph_def(folded.graph_def, staged["pb"]), stages, "write .pb")
+    measure(lambda: bn_pipeline.write_graph_def(folded.graph_def, staged["pb"]), stages, "write .pb")
     measure(lambda: export_onnx(folded.graph_def, ins, outs, staged["onnx"], opset=17), stages, "ONNX export")
     shapes = resolve_shapes(folded.graph_def, ins, None, batch=1)
     rep.input_shapes = shapes
     measure(lambda: export_tflite(folded.graph_def, ins, outs, staged["tflite"], shapes), stages, "TFLite export")
     # what api.convert runs after exporting (private: the benchmark follows convert's own sequence)
-    measure(lambda: api._verify_all(folded, staged, rep, None, ("cpu",), None, None, False, 0), stages,
+    measure(lambda: verify_conversion(folded, staged, rep, VerifyOptions()), stages,
             "verification")
     import onnx
 

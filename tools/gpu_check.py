@@ -33,7 +33,7 @@ def prepare(outdir: str) -> None:
         os.replace(rep.files["onnx"], os.path.join(d, "model.onnx"))
         os.remove(rep.files["report"])
         model = bnconvert.load(spec["path"])
-        from bnconvert.api import _feeds
+        from bnconvert.verify.check import make_feeds as _feeds
 
         feeds = _feeds(model.graph_def, rep.inputs, rep.input_shapes, None, 0)
         ref = run_tf(model.graph_def, feeds, rep.outputs, flags=rep.training_flags)
