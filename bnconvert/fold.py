@@ -185,6 +185,8 @@ def check_producer(g: Graph, m: BNMatch, walk: Walk) -> str | None:
 
     Follows the channel axis from the producer's output through every node of the walk (its
     rank and format are known there) and checks it arrives at the BN's axis; then the weights.
+    Weight rank and BiasAdd bias shape need no check: TensorFlow's shape functions, which the
+    loader runs on every graph, enforce them.
     """
     node = g.nodes[walk.producer]
     why = _follow_channel_axis(g, m, node, walk)
@@ -195,8 +197,6 @@ def check_producer(g: Graph, m: BNMatch, walk: Walk) -> str | None:
     w = g.const(w_t)
     if w is None:
         return f"weights of {node.op} '{node.name}' are not constant ({consteval.why_not_constant(g, w_t)})"
-    if w.ndim != _WEIGHT_RANK[node.op]:
-        return f"weights of {node.op} '{node.name}' have rank {w.ndim}, not {_WEIGHT_RANK[node.op]}"
     if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
         return f"weights of '{node.name}' are {w.dtype}, not floating point"
     if _out_channels(node, w, g) != m.channels:
@@ -219,8 +219,6 @@ def _follow_channel_axis(g: Graph, m: BNMatch, prod, walk: Walk) -> str | None:
             bias = g.const(g.inputs(node)[1])
             if bias is None:
                 return f"bias of '{name}' is not constant"
-            if bias.ndim != 1 or bias.size != m.channels:
-                return f"bias of '{name}' has shape {list(bias.shape)}, not [{m.channels}]"
         elif node.op in ops.ADD:
             v = g.const(g.inputs(node)[walk.bias_input])
             if not _per_channel(v, ci - rank, m.channels):

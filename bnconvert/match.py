@@ -107,16 +107,10 @@ def _const_param(g: Graph, bn_name: str, tensor: str, what: str) -> np.ndarray:
     return v
 
 
-def _check_param_shapes(bn_name: str, **params) -> None:
-    """Per-channel parameters must all be 1-D vectors of one length."""
-    shapes = {k: tuple(np.shape(v)) for k, v in params.items() if v is not None}
-    sizes = {s[0] if len(s) == 1 else None for s in shapes.values()}
-    if len(sizes) != 1 or None in sizes or 0 in sizes:
-        listed = ", ".join(f"{k} {list(s)}" for k, s in shapes.items())
-        raise UnsupportedError(f"BN '{bn_name}': parameters are not per-channel vectors of one length ({listed})")
-
-
 def _check_stats(bn_name: str, mean, var, eps, gamma=None, beta=None) -> None:
+    """Statistics bnconvert cannot fold.  (Parameter shapes need no check: TensorFlow's shape
+    functions, which the loader runs on every graph, make them per-channel vectors of one
+    length.)"""
     problem = arith.statistics_problem(mean, var, eps, gamma, beta)
     if problem:
         raise StatisticsError(f"BN '{bn_name}': {problem}")
@@ -134,7 +128,6 @@ def match_fused(g: Graph, node) -> BNMatch:
     mean = _const_param(g, node.name, mean_t, "mean")
     var = _const_param(g, node.name, var_t, "variance")
     eps = float(node.attr["epsilon"].f) if "epsilon" in node.attr else 1e-4
-    _check_param_shapes(node.name, gamma=gamma, beta=beta, mean=mean, variance=var)
     _check_stats(node.name, mean, var, eps, gamma, beta)
     s, t = arith.scale_shift(mean, var, eps, gamma, beta)
     fmt = g.attr(node, "data_format", "NHWC")
@@ -157,7 +150,6 @@ def match_bnwgn(g: Graph, node) -> BNMatch:
     scale_after = bool(node.attr["scale_after_normalization"].b)
     gamma = _const_param(g, node.name, gamma_t, "gamma") if scale_after else None
     eps = float(node.attr["variance_epsilon"].f)
-    _check_param_shapes(node.name, gamma=gamma, beta=beta, mean=mean, variance=var)
     _check_stats(node.name, mean, var, eps, gamma, beta)
     s, t = arith.scale_shift(mean, var, eps, gamma, beta)
     return BNMatch(
