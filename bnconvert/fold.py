@@ -1,17 +1,31 @@
 """Apply batch-norm matches to the graph: fold into the producer, or keep a Mul+Add.
 
-For each match a :class:`Plan` is made first (nothing edited): walk back from the BN input
-through ``Identity``, one channel-preserving ``Reshape`` and one bias (``BiasAdd`` or an
-``Add``/``AddV2`` of a per-channel constant) to a linear producer — ``Conv2D``,
-``DepthwiseConv2dNative``, ``MatMul`` (``transpose_b`` too), ``Conv2DBackpropInput``,
-``Conv3D``.  The fold is refused, and the BN becomes its inference form ``x * s + t`` (one
-``Mul`` and one ``AddV2`` with constant per-channel vectors), when:
+For each match a frozen :class:`Plan` is made first (nothing edited), answering three
+questions: :func:`walk_back` goes from the BN input through ``Identity``-like ops, shape ops
+(``Squeeze``, ``ExpandDims``, ``Reshape``) and one bias (``BiasAdd`` or an ``Add``/``AddV2`` of
+a per-channel constant) to a linear producer — ``Conv2D``, ``DepthwiseConv2dNative``,
+``MatMul`` (``transpose_b`` too), ``Conv2DBackpropInput``, ``Conv3D``; :func:`check_producer`
+follows the channel axis from the producer (whose rank and data format are known) forward
+through every op of that walk to the BN's axis, and checks the weights; :func:`check_exclusive`
+checks that nothing else reads the tensors the fold changes.  The fold is refused, and the BN
+becomes its inference form ``x * s + t`` (one ``Mul`` and one ``AddV2`` with constant
+per-channel vectors), when:
 
 * there is no linear producer (e.g. the BN follows a Relu or a pooling op);
-* the producer's weights are not constant;
+* a FakeQuant sits between the producer and the BN (quantization-aware graphs): the BN would
+  move across a rounding step, which is not exact;
+* the producer's weights are not constant (computed weights — ``Dequantize`` of quint8 as TF's
+  ``quantize_weights`` writes them, ``FakeQuant`` of constant weights — are evaluated and
+  folded into float constants, and the report says so);
 * the producer's output, or any tensor between it and the BN, feeds something else or is a
-  graph output — folding would change what that other consumer sees;
-* the channel axis of the BN is not the producer's output-channel axis.
+  requested graph output — folding would change what that other consumer sees;
+* the channel axis does not survive the shape ops (a ``Squeeze`` of it, a ``Reshape`` that
+  does not keep the channels fastest-varying), or is not the producer's output-channel axis.
+
+After the last round :func:`_final_check` reports every BN chain left in the graph (a
+training-mode chain is refused; a constant chain that only computes a layer's weights — the BN
+``tf.contrib.quantize`` already folded — counts as folded; any other is left as computed and
+reported), so "0 found" never hides a chain.
 
 Weights shared with other layers are never edited in place: the folded weights and bias are
 new ``Const`` nodes private to this producer.  Matches are collected, planned, then applied;
@@ -345,7 +359,7 @@ def _insert_bias(g: Graph, prod, bias: np.ndarray) -> str:
     """A new bias add right after the producer; returns its output tensor."""
     out = f"{prod.name}:0"
     axis = _producer_axis(g, prod)
-    rank_hint = {"Conv3D": 5, "MatMul": 2}.get(prod.op, 4)
+    rank_hint = ops.PRODUCER_RANK[prod.op]
     bc = g.add_const(f"{prod.name}/bn_folded/bias", bias if axis == -1 or rank_hint == 4 else bias.reshape((-1,) + (1,) * (-axis - 1)))
     users = g.consumers(out)
     if axis == -1 or (rank_hint == 4 and axis == -3):
@@ -363,7 +377,7 @@ def _release_side_outputs(g: Graph, m: BNMatch) -> None:
     """A fused BN's outputs 1 and 2 (batch mean/variance) equal its mean/variance inputs in
     inference mode: their consumers read those.  Outputs 3-5 (reserve space) cannot be kept."""
     node = g.nodes[node_of(m.y)]
-    if node.op not in ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"):
+    if node.op not in ops.FUSED_BN:
         return
     ins = g.inputs(node)
     for port, src in ((1, ins[3]), (2, ins[4])):
@@ -387,7 +401,7 @@ def _replace_output(g: Graph, m: BNMatch, new: str, outputs: set[str]) -> None:
 
 
 def _t_attr(g: Graph, node):
-    return node.attr["T"] if "T" in node.attr else tfproto.type_attr(1)  # DT_FLOAT
+    return node.attr["T"] if "T" in node.attr else tfproto.type_attr(ops.DT.FLOAT)
 
 
 def _collapse_reshape_pair(g: Graph, first: str) -> None:

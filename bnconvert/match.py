@@ -194,7 +194,7 @@ def match_decomposed(g: Graph, add) -> BNMatch | None:
                 continue
             sub = _const_ancestors(g, a_t)
             inv = [n for n in sub if n.op in _INV_SQRT_OPS]
-            if not any(n.op in ("Rsqrt", "Sqrt") for n in inv):
+            if not any(n.op in ops.ROOTS for n in inv):
                 continue
             return _decomposed_match(g, add, mul, x_t, a, b, sub, a_t, b_t)
     return None
@@ -203,11 +203,11 @@ def match_decomposed(g: Graph, add) -> BNMatch | None:
 def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None:
     name = _scope(add.name)
     # validate the statistics: the variance feeds the inverse square root
-    rs = next(n for n in a_sub if n.op in ("Rsqrt", "Sqrt"))
+    rs = next(n for n in a_sub if n.op in ops.ROOTS)
     var_eps_t = g.inputs(rs)[0]
     var_eps_node = g.get(var_eps_t)
     eps = None
-    if var_eps_node is not None and var_eps_node.op in ("Add", "AddV2"):
+    if var_eps_node is not None and var_eps_node.op in ops.ADD:
         p, q = (g.const(t, wide=True) for t in g.inputs(var_eps_node))
         if p is not None and q is not None:
             var, eps = (p, q) if p.size >= q.size else (q, p)
@@ -356,7 +356,7 @@ def leftover_chains(g: Graph) -> list[Leftover]:
     """Every constant ``Rsqrt``/``Sqrt`` of ``variance + scalar epsilon`` left in the graph."""
     out = []
     for node in list(g.nodes.values()):
-        if node.op not in ("Rsqrt", "Sqrt"):
+        if node.op not in ops.ROOTS:
             continue
         src = g.get(g.inputs(node)[0])
         if src is None or src.op not in ops.ADD or g.const(f"{node.name}:0") is None:

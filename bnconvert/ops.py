@@ -14,6 +14,7 @@ FUSED_BN = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 BNWGN = "BatchNormWithGlobalNormalization"
 BN_OPS = FUSED_BN + (BNWGN,)
 INV_SQRT = ("Rsqrt", "Sqrt", "Reciprocal", "RealDiv", "Inv")
+ROOTS = ("Rsqrt", "Sqrt")  # the square root of variance + epsilon every BN chain has
 ADD = ("Add", "AddV2")
 
 # ---------------------------------------------------------------------- layers
