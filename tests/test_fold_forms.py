@@ -27,6 +27,25 @@ def _c(tf, v, dtype=None, name=None):
 
 
 # ---------------------------------------------------------------------- consteval against TF
+def _ties() -> np.ndarray:
+    """Inputs that land exactly halfway between two grid points of FakeQuant(-6, 6), 8 bits, in
+    TF's float32 arithmetic: TF rounds them up, numpy's round would go to even."""
+    f32 = np.float32
+    scale = f32(12.0) / f32(255.0)
+    nmin = f32(-128.0) * scale  # zero point 127.5 is nudged to 128
+    inv = f32(1.0) / scale
+    out = []
+    for k in range(255):
+        x = f32(nmin + (f32(k) + f32(0.5)) * scale)
+        for _ in range(8):
+            for cand in (x, np.nextafter(x, f32(9)), np.nextafter(x, f32(-9))):
+                if f32((cand - nmin) * inv) == f32(k) + f32(0.5):
+                    out.append(cand)
+            x = np.nextafter(x, f32(9))
+    assert len(out) > 20, len(out)
+    return np.asarray(out, f32)
+
+
 def test_dequantize_and_fake_quant_match_tensorflow():
     """Every Dequantize mode and FakeQuant variant, evaluated by consteval, against TF's kernels."""
     import tensorflow as tf
@@ -50,6 +69,7 @@ def test_dequantize_and_fake_quant_match_tensorflow():
                                               axis=axis))
         x = RNG.normal(size=4000).astype(np.float32) * 3
         x[:40] = np.arange(40, dtype=np.float32) * np.float32(6 / 255) - 3  # on and near grid points
+        x = np.concatenate([x, _ties()])
         xc = _c(tf, x)
         outs.append(tf.quantization.fake_quant_with_min_max_args(xc, -6.0, 6.0))
         outs.append(tf.quantization.fake_quant_with_min_max_vars(xc, _c(tf, -2.3, tf.float32), _c(tf, 3.1, tf.float32),
@@ -57,7 +77,7 @@ def test_dequantize_and_fake_quant_match_tensorflow():
         outs.append(tf.quantization.fake_quant_with_min_max_vars(xc, _c(tf, 0.2, tf.float32), _c(tf, 3.1, tf.float32),
                                                                  num_bits=4))
         outs.append(tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            _c(tf, x.reshape(-1, 4)), _c(tf, [-1.0, -2.0, -0.5, 0.3], tf.float32),
+            _c(tf, x[:4000].reshape(-1, 4)), _c(tf, [-1.0, -2.0, -0.5, 0.3], tf.float32),
             _c(tf, [1.0, 2.5, 0.7, 4.0], tf.float32)))
         with tf.compat.v1.Session() as s:
             ref = s.run(outs)

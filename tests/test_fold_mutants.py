@@ -154,3 +154,22 @@ def test_squeeze_of_the_channel_axis_is_not_followed():
     res = _check(g.as_graph_def(), {"x:0": RNG.normal(size=(2, 3, 4, 4)).astype(np.float32)}, ["out:0"],
                  folded=0, scale_shift=1)
     assert "moves the channel axis" in res.report.layers[0]["reason"]
+
+
+def test_squeeze_of_the_channel_axis_is_named():
+    """Conv with one output channel, Squeeze of that axis, BN over another axis: refused with
+    the reason (the final axis check alone would refuse it too, with a vaguer message)."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 4, 1, 3], name="x")
+        y = tf.nn.conv2d(x, _const(tf, RNG.normal(size=(1, 1, 3, 1))), 1, "SAME")
+        y = tf.squeeze(y, [2, 3])  # [2, 4]
+        c = lambda v: _const(tf, v)  # noqa: E731
+        y = tf.nn.batch_normalization(y, c(RNG.normal(size=4)), c(RNG.uniform(0.5, 2, 4)), c(RNG.normal(size=4)),
+                                      c(RNG.uniform(0.5, 1.5, 4)), 1e-3)
+        tf.identity(y, name="out")
+    res = _check(g.as_graph_def(), {"x:0": RNG.normal(size=(2, 4, 1, 3)).astype(np.float32)}, ["out:0"],
+                 folded=0, scale_shift=1)
+    assert "removes the channel axis" in res.report.layers[0]["reason"]
