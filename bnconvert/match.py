@@ -214,7 +214,8 @@ def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None
             eps_f = float(np.asarray(eps).reshape(-1)[0]) if np.asarray(eps).size == 1 else 0.0
             problem = arith.statistics_problem(np.zeros_like(var), var, eps_f)
             if problem:
-                raise StatisticsError(f"BN '{name}': {problem} (node '{var_eps_node.name}')")
+                origin = consteval.first_non_finite(g, var_eps_t) or var_eps_node.name
+                raise StatisticsError(f"BN '{name}': {problem} (node '{origin}')")
             eps = eps_f
     ve = g.const(var_eps_t, wide=True)
     if ve is not None and np.any(ve <= 0):

@@ -172,6 +172,19 @@ def test_nan_from_evaluation_names_the_node():
         bnconvert.fold(g.as_graph_def(), inputs=["x:0"], outputs=["out:0"])
 
 
+def test_nan_from_evaluation_names_the_node_decomposed():
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        h = tf.matmul(x, _c(tf, RNG.normal(size=(3, 3)).astype(np.float32)))
+        var = tf.sqrt(_c(tf, [1.0, -2.0, 0.5], tf.float32), name="bad_sqrt")
+        tf.identity(tf.nn.batch_normalization(h, _c(tf, np.zeros(3, np.float32)), var, None, None, 1e-3), name="out")
+    with pytest.raises(StatisticsError, match="NaN or inf \\(node 'bad_sqrt'\\)"):
+        bnconvert.fold(g.as_graph_def(), inputs=["x:0"], outputs=["out:0"])
+
+
 # ---------------------------------------------------------------------- leftovers
 def test_unrecognised_chain_is_reported_never_zero_found():
     """``x * rsqrt(var + eps) * gamma`` (no Add: not a form bnconvert folds) is left as computed
