@@ -133,9 +133,8 @@ class Graph:
     def const(self, tensor: str, wide: bool = False) -> np.ndarray | None:
         """The value of ``tensor`` if it is computable from Const nodes alone, else None.
 
-        Evaluates a handful of elementwise/shape ops in numpy (Identity, Reshape, Cast, Neg,
-        Rsqrt, Sqrt, Reciprocal, Add, AddV2, Sub, Mul, RealDiv, Maximum, Squeeze, ExpandDims);
-        nothing is executed in TensorFlow.  ``wide=True`` evaluates floats in float64.
+        Evaluates pure ops in numpy with :data:`bnconvert.consteval.CONST_OPS`; nothing is
+        executed in TensorFlow.  ``wide=True`` evaluates floats in float64.
         """
         cache = self._wide_cache if wide else self._const_cache
         t = tensor_name(tensor)
@@ -353,49 +352,8 @@ class Graph:
 
 
 # ---------------------------------------------------------------------- const ops
-def _reshape(node, g, x, shape):
-    return np.reshape(x, [int(s) for s in np.atleast_1d(shape)])
-
-
-def _cast(node, g, x):
-    from .tfproto import np_dtype
-
-    return x.astype(np_dtype(node.attr["DstT"].type))
-
-
-def _squeeze(node, g, x):
-    dims = list(node.attr["squeeze_dims"].list.i) if "squeeze_dims" in node.attr else []
-    return np.squeeze(x, axis=tuple(dims)) if dims else np.squeeze(x)
-
-
-def _keep_dtype(fn):
-    def wrapped(node, g, *vals):
-        out = fn(*vals)
-        return np.asarray(out).astype(vals[0].dtype, copy=False)
-
-    return wrapped
-
-
-_CONST_OPS = {
-    "Identity": lambda n, g, x: x,
-    "Snapshot": lambda n, g, x: x,
-    "StopGradient": lambda n, g, x: x,
-    "Reshape": _reshape,
-    "Cast": _cast,
-    "Squeeze": _squeeze,
-    "ExpandDims": lambda n, g, x, a: np.expand_dims(x, int(np.asarray(a).reshape(-1)[0])),
-    "Neg": _keep_dtype(np.negative),
-    "Rsqrt": _keep_dtype(lambda x: 1.0 / np.sqrt(x)),
-    "Sqrt": _keep_dtype(np.sqrt),
-    "Reciprocal": _keep_dtype(lambda x: 1.0 / x),
-    "Inv": _keep_dtype(lambda x: 1.0 / x),
-    "Add": _keep_dtype(np.add),
-    "AddV2": _keep_dtype(np.add),
-    "Sub": _keep_dtype(np.subtract),
-    "Mul": _keep_dtype(np.multiply),
-    "RealDiv": _keep_dtype(np.divide),
-    "Maximum": _keep_dtype(np.maximum),
-}
+# the op table lives in consteval.py (Dequantize, FakeQuant, Fill, Pack, ConcatV2, arithmetic ...)
+from .consteval import CONST_OPS as _CONST_OPS  # noqa: E402
 
 
 def _tensor_to_ndarray(tensor_proto) -> np.ndarray:

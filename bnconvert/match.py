@@ -11,10 +11,21 @@ Forms:
   of a constant — with or without gamma, with or without beta (``Sub`` or ``Neg``), ``Add`` or
   ``AddV2``, parameters behind ``Identity`` reads or reshaped to ``[1, C, 1, 1]`` (NCHW).
 
+Parameters are evaluated from constants by :mod:`bnconvert.consteval` (any pure op chain:
+``Dequantize`` as TF's ``quantize_weights`` writes it, ``Cast``, ``Reshape``, arithmetic,
+``Fill``, ``Pack``, ``ConcatV2`` ...), in float64.  A parameter is "not a constant" only when a
+placeholder, a variable, a stateful op, a batch statistic or an op bnconvert cannot evaluate
+feeds it, and the message names that node.
+
 Each match is an immutable :class:`BNMatch` holding the per-channel scale ``s`` and shift ``t``
-(float64) so that ``y = x * s + t``.  Statistics are validated here: NaN/inf, negative
-variance or ``variance + epsilon == 0`` raise :class:`StatisticsError` naming the node.
-Batch norms whose statistics are not constants are reported by :func:`unresolved_bns`.
+(float64) so that ``y = x * s + t``.  Statistics are validated here: NaN/inf (named by the node
+where they first appear in the constant chain), negative variance or ``variance + epsilon == 0``
+raise :class:`StatisticsError` naming the node.
+
+:func:`match_all` returns ``(matches, refusals)``: a :class:`Refusal` is a value (node, op,
+reason, error class), never a message to parse.  Batch norms whose statistics are not
+constants are reported by :func:`unresolved_bns`; BN chains left in the graph after folding by
+:func:`leftover_chains`.
 """
 from __future__ import annotations
 
@@ -22,15 +33,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import arith
+from . import arith, consteval, ops
 from .errors import StatisticsError, UnsupportedError
 from .graph import Graph, node_of, tensor_name
 
-FUSED_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
-BNWGN = "BatchNormWithGlobalNormalization"
+FUSED_OPS = ops.FUSED_BN
+BNWGN = ops.BNWGN
 _AXIS_FROM_END = {"NHWC": -1, "NDHWC": -1, "NCHW": -3, "NCDHW": -4}
 _RANK = {"NHWC": 4, "NCHW": 4, "NDHWC": 5, "NCDHW": 5}
-_INV_SQRT_OPS = ("Rsqrt", "Sqrt", "Reciprocal", "RealDiv", "Inv")
+_INV_SQRT_OPS = ops.INV_SQRT
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A batch norm bnconvert will not use: its node, op and why, and the error to raise."""
+
+    node: str
+    op: str
+    reason: str
+    error: type = UnsupportedError
+
+    def exception(self):
+        return self.error(self.reason)
 
 
 @dataclass(frozen=True)
@@ -73,45 +97,20 @@ def _fused_scope(name: str) -> str:
 
 
 def _const_param(g: Graph, bn_name: str, tensor: str, what: str) -> np.ndarray:
+    """A parameter's value in float64, or an error naming what stops it / where NaN appears."""
     v = g.const(tensor, wide=True)
     if v is None:
-        raise UnsupportedError(f"BN '{bn_name}': {what} is not a constant ({describe_source(g, tensor)})")
+        raise UnsupportedError(f"BN '{bn_name}': {what} is not a constant ({consteval.why_not_constant(g, tensor)})")
+    if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+        origin = consteval.first_non_finite(g, tensor) or node_of(tensor)
+        raise StatisticsError(f"BN '{bn_name}': {what} holds NaN or inf (node '{origin}')")
     return v
 
 
-def describe_source(g: Graph, tensor: str) -> str:
-    """Where a non-constant value comes from, in words, for error messages."""
-    seen = set()
-    stack = [tensor_name(tensor)]
-    while stack:
-        t = stack.pop()
-        node = g.get(t)
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op in ("Placeholder", "PlaceholderWithDefault"):
-            return f"fed by placeholder '{node.name}'"
-        if node.op in ("VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"):
-            return f"read from unfrozen variable '{node.name}'; freeze the graph first"
-        if node.op in ("Mean", "Moments", "SquaredDifference") or "moments" in node.name.split("/"):
-            return f"computed from the batch by '{node.name}' (training mode)"
-        if node.op == "Switch":
-            return f"chosen at run time by Switch '{node.name}' (a training flag that is not constant)"
-        if node.op != "Const":
-            stack.extend(g.inputs(node))
-    return "not computable from constants"
-
-
-def _check_param_shapes(bn_name: str, **params) -> None:
-    """Per-channel parameters must all be 1-D vectors of one length."""
-    shapes = {k: tuple(np.shape(v)) for k, v in params.items() if v is not None}
-    sizes = {s[0] if len(s) == 1 else None for s in shapes.values()}
-    if len(sizes) != 1 or None in sizes or 0 in sizes:
-        listed = ", ".join(f"{k} {list(s)}" for k, s in shapes.items())
-        raise UnsupportedError(f"BN '{bn_name}': parameters are not per-channel vectors of one length ({listed})")
-
-
 def _check_stats(bn_name: str, mean, var, eps, gamma=None, beta=None) -> None:
+    """Statistics bnconvert cannot fold.  (Parameter shapes need no check: TensorFlow's shape
+    functions, which the loader runs on every graph, make them per-channel vectors of one
+    length.)"""
     problem = arith.statistics_problem(mean, var, eps, gamma, beta)
     if problem:
         raise StatisticsError(f"BN '{bn_name}': {problem}")
@@ -129,7 +128,6 @@ def match_fused(g: Graph, node) -> BNMatch:
     mean = _const_param(g, node.name, mean_t, "mean")
     var = _const_param(g, node.name, var_t, "variance")
     eps = float(node.attr["epsilon"].f) if "epsilon" in node.attr else 1e-4
-    _check_param_shapes(node.name, gamma=gamma, beta=beta, mean=mean, variance=var)
     _check_stats(node.name, mean, var, eps, gamma, beta)
     s, t = arith.scale_shift(mean, var, eps, gamma, beta)
     fmt = g.attr(node, "data_format", "NHWC")
@@ -152,7 +150,6 @@ def match_bnwgn(g: Graph, node) -> BNMatch:
     scale_after = bool(node.attr["scale_after_normalization"].b)
     gamma = _const_param(g, node.name, gamma_t, "gamma") if scale_after else None
     eps = float(node.attr["variance_epsilon"].f)
-    _check_param_shapes(node.name, gamma=gamma, beta=beta, mean=mean, variance=var)
     _check_stats(node.name, mean, var, eps, gamma, beta)
     s, t = arith.scale_shift(mean, var, eps, gamma, beta)
     return BNMatch(
@@ -197,7 +194,7 @@ def match_decomposed(g: Graph, add) -> BNMatch | None:
                 continue
             sub = _const_ancestors(g, a_t)
             inv = [n for n in sub if n.op in _INV_SQRT_OPS]
-            if not any(n.op in ("Rsqrt", "Sqrt") for n in inv):
+            if not any(n.op in ops.ROOTS for n in inv):
                 continue
             return _decomposed_match(g, add, mul, x_t, a, b, sub, a_t, b_t)
     return None
@@ -206,26 +203,26 @@ def match_decomposed(g: Graph, add) -> BNMatch | None:
 def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None:
     name = _scope(add.name)
     # validate the statistics: the variance feeds the inverse square root
-    rs = next(n for n in a_sub if n.op in ("Rsqrt", "Sqrt"))
+    rs = next(n for n in a_sub if n.op in ops.ROOTS)
     var_eps_t = g.inputs(rs)[0]
     var_eps_node = g.get(var_eps_t)
     eps = None
-    if var_eps_node is not None and var_eps_node.op in ("Add", "AddV2"):
+    if var_eps_node is not None and var_eps_node.op in ops.ADD:
         p, q = (g.const(t, wide=True) for t in g.inputs(var_eps_node))
         if p is not None and q is not None:
             var, eps = (p, q) if p.size >= q.size else (q, p)
             eps_f = float(np.asarray(eps).reshape(-1)[0]) if np.asarray(eps).size == 1 else 0.0
             problem = arith.statistics_problem(np.zeros_like(var), var, eps_f)
             if problem:
-                raise StatisticsError(f"BN '{name}': {problem} (node '{var_eps_node.name}')")
+                origin = consteval.first_non_finite(g, var_eps_t) or var_eps_node.name
+                raise StatisticsError(f"BN '{name}': {problem} (node '{origin}')")
             eps = eps_f
     ve = g.const(var_eps_t, wide=True)
     if ve is not None and np.any(ve <= 0):
         raise StatisticsError(f"BN '{name}': variance + epsilon is not positive (node '{rs.name}')")
     for v, what in ((a, "scale"), (b, "shift")):
         if not np.all(np.isfinite(v)):
-            bad = next((n.name for n in _const_ancestors(g, b_t if what == "shift" else a_t)
-                        if n.op == "Const" and not np.all(np.isfinite(g.const(n.name + ":0", wide=True)))), add.name)
+            bad = consteval.first_non_finite(g, b_t if what == "shift" else a_t) or add.name
             raise StatisticsError(f"BN '{name}': statistics hold NaN or inf (node '{bad}')")
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -259,41 +256,45 @@ def _broadcast_axis(a: np.ndarray, b: np.ndarray):
     return axis, shape, c
 
 
-def find_bns(g: Graph, refused: list | None = None) -> list[BNMatch]:
-    """Every BN in the graph, in graph order.
-
-    A BN that cannot be used (bad statistics, training mode, non-constant parameters) raises,
-    unless ``refused`` is a list: then ``(node name, op, message)`` is appended and matching
-    goes on (``inspect`` reports them all).
-    """
-    out = []
+def match_all(g: Graph) -> tuple[list[BNMatch], list[Refusal]]:
+    """Every BN in the graph, in graph order, and every BN that cannot be used (bad statistics,
+    training mode, non-constant parameters) as a :class:`Refusal`."""
+    matches: list[BNMatch] = []
+    refusals: list[Refusal] = []
     for node in list(g.nodes.values()):
         try:
             if node.op in FUSED_OPS:
-                out.append(match_fused(g, node))
+                matches.append(match_fused(g, node))
             elif node.op == BNWGN:
-                out.append(match_bnwgn(g, node))
-            elif node.op in ("Add", "AddV2"):
+                matches.append(match_bnwgn(g, node))
+            elif node.op in ops.ADD:
                 m = match_decomposed(g, node)
                 if m is not None:
-                    out.append(m)
+                    matches.append(m)
         except (StatisticsError, UnsupportedError) as e:
-            if refused is None:
-                raise
-            refused.append((node.name, node.op, str(e)))
-    return out
+            refusals.append(Refusal(node.name, node.op, str(e), type(e)))
+    return matches, refusals
 
 
-def unresolved_bns(g: Graph) -> list[str]:
-    """One line per BN-looking op left that no match covers (a training-mode chain)."""
+def find_bns(g: Graph) -> list[BNMatch]:
+    """Every BN in the graph; the first unusable one raises its error."""
+    matches, refusals = match_all(g)
+    if refusals:
+        raise refusals[0].exception()
+    return matches
+
+
+def unresolved_bns(g: Graph) -> list[Refusal]:
+    """BN-looking ops left that no match covers (a training-mode chain), one refusal each."""
     problems = []
     for node in g.nodes.values():
-        if node.op in FUSED_OPS + (BNWGN,):
-            problems.append(f"{node.op} '{node.name}' is still in the graph")
+        if node.op in ops.BN_OPS:
+            problems.append(Refusal(node.name, node.op, f"{node.op} '{node.name}' is still in the graph"))
         elif node.op == "Rsqrt":
             why = _unresolved_variance(g, g.inputs(node)[0])
             if why:
-                problems.append(f"BN at '{_scope(node.name)}' has statistics that are not constant ({why})")
+                problems.append(Refusal(node.name, node.op,
+                                        f"BN at '{_scope(node.name)}' has statistics that are not constant ({why})"))
     return problems
 
 
@@ -309,7 +310,7 @@ def _unresolved_variance(g: Graph, tensor: str) -> str | None:
     l2-normalisation is no batch norm and is left alone.
     """
     add = g.get(tensor)
-    if add is None or add.op not in ("Add", "AddV2") or g.const(tensor) is not None:
+    if add is None or add.op not in ops.ADD or g.const(tensor) is not None:
         return None
     ins = g.inputs(add)
     consts = [g.const(t) for t in ins]
@@ -323,9 +324,9 @@ def _unresolved_variance(g: Graph, tensor: str) -> str | None:
         if node.op in _WALK_BACK:
             t = g.inputs(node)[0]
             continue
-        if node.op in ("Placeholder", "PlaceholderWithDefault"):
+        if node.op in ops.PLACEHOLDERS:
             return f"fed by placeholder '{node.name}'"
-        if node.op in ("VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"):
+        if node.op in ops.VARIABLES:
             return f"read from unfrozen variable '{node.name}'; freeze the graph first"
         if node.op in ("Switch", "Merge"):
             return f"chosen at run time by {node.op} '{node.name}' (a training flag that is not constant)"
@@ -335,3 +336,81 @@ def _unresolved_variance(g: Graph, tensor: str) -> str | None:
                 return f"computed from the batch by '{node.name}' (training mode)"
         return None
     return None
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A constant BN chain (``Rsqrt(variance + epsilon)``) still in the graph after folding.
+
+    ``producer`` is set when the chain only computes a layer's weights and bias: the BN was
+    already folded (what ``tf.contrib.quantize``'s ``fold_batch_norms`` writes:
+    ``Conv2D(x, FakeQuant(W * gamma * rsqrt(var + eps))) + (beta - mean * ...)``).
+    """
+
+    node: str
+    name: str
+    producer: str | None
+    reason: str
+
+
+def leftover_chains(g: Graph) -> list[Leftover]:
+    """Every constant ``Rsqrt``/``Sqrt`` of ``variance + scalar epsilon`` left in the graph."""
+    out = []
+    for node in list(g.nodes.values()):
+        if node.op not in ops.ROOTS:
+            continue
+        src = g.get(g.inputs(node)[0])
+        if src is None or src.op not in ops.ADD or g.const(f"{node.name}:0") is None:
+            continue
+        vals = [g.const(t) for t in g.inputs(src)]
+        if not any(v is not None and np.asarray(v).size == 1 for v in vals):
+            continue  # not variance + epsilon
+        out.append(_classify_leftover(g, node))
+    return out
+
+
+def _classify_leftover(g: Graph, node) -> Leftover:
+    frontier = _constant_frontier(g, node.name)
+    producers = sorted({c for c, i in frontier if g.nodes[c].op in ops.PRODUCERS and i == 1})
+    others = []
+    for c, i in frontier:
+        cn = g.nodes[c]
+        if c in producers:
+            continue
+        if cn.op in ("BiasAdd",) + ops.ADD and _behind_producer(g, g.inputs(cn)[1 - i] if len(g.inputs(cn)) == 2 else "", producers):
+            continue
+        others.append(f"{cn.op} '{c}'")
+    scope = _scope(node.name)
+    if producers and not others:
+        prod = g.nodes[producers[0]]
+        return Leftover(node.name, scope, prod.name,
+                        f"already folded into the weights of {prod.op} '{prod.name}' (as tf.contrib.quantize's "
+                        "fold_batch_norms writes it); the constant chain is left as computed")
+    feeds = ", ".join(sorted(set(others))[:3]) or "nothing"
+    return Leftover(node.name, scope, None,
+                    f"a batch-norm chain bnconvert does not recognise is left as computed ({node.op} '{node.name}' "
+                    f"feeds {feeds})")
+
+
+def _behind_producer(g: Graph, tensor: str, producers: list[str]) -> bool:
+    node = g.get(tensor) if tensor else None
+    while node is not None and node.op in ops.PASS_THROUGH:
+        node = g.get(g.inputs(node)[0])
+    return node is not None and node.name in producers
+
+
+def _constant_frontier(g: Graph, start: str, limit: int = 10000) -> list[tuple[str, int]]:
+    """(consumer, input index) where a constant value computed from ``start`` enters a node
+    whose own value is not constant."""
+    frontier, seen, queue = [], {start}, [start]
+    while queue and len(seen) < limit:
+        name = queue.pop()
+        for t in g.output_tensors(name):
+            for c, i in g.consumers(t):
+                if g.const(f"{c}:0") is not None:
+                    if c not in seen:
+                        seen.add(c)
+                        queue.append(c)
+                else:
+                    frontier.append((c, i))
+    return frontier

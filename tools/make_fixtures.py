@@ -867,6 +867,11 @@ def _savedmodel_conv(net):
                          "the signature.")
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixtures_forms import register as _register_forms  # noqa: E402  (computed params, QAT, Conv1D)
+_register_forms(sys.modules[__name__])
+
+
 # --------------------------------------------------------------------------- machinery
 
 def _seed(name):
