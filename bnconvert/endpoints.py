@@ -74,10 +74,17 @@ def is_training_op(op: str) -> bool:
 
 
 def training_machinery(g: Graph) -> set[str]:
-    """Nodes that exist to train, summarize or save: the seeds above and all they feed."""
-    seeds = set()
+    """Nodes that exist to train, summarize or save.
+
+    The gradient/optimizer part is everything its seeds feed, plus every node whose consumers
+    all belong to it (the zeros ``tf.gradients`` makes for an untaken cond branch, the shapes
+    it reads); summaries and savers add what they feed (not what they read: a tensor read only
+    by a summary is still a sink)."""
+    seeds, aux = set(), set()
     for n in g.nodes.values():
-        if is_training_op(n.op):
+        if "Summary" in n.op or n.op in _SAVER_OPS:
+            aux.add(n.name)
+        elif is_training_op(n.op):
             seeds.add(n.name)
         elif n.op in ("Fill", "OnesLike") and _scaffolding(g, n.name):  # tf.gradients' grad_ys
             seeds.add(n.name)
@@ -86,7 +93,13 @@ def training_machinery(g: Graph) -> set[str]:
         elif n.op in _BN_STATS:
             for t in g.output_tensors(n.name)[1:]:
                 seeds.update(c for c, _ in g.consumers(t))
-    return _descendants(g, seeds, lambda x: g.all_consumers(x))
+    grad = _descendants(g, seeds, g.all_consumers)
+    for name in reversed(g.topo_order()):
+        if name not in grad:
+            users = g.all_consumers(name)
+            if users and all(u in grad for u in users):
+                grad.add(name)
+    return grad | _descendants(g, aux, g.all_consumers)
 
 
 def _descendants(g: Graph, sources: set[str], consumers_of) -> set[str]:
@@ -155,6 +168,8 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
                 or node.op in _NOT_OUTPUT or name in input_nodes or name in exclude):
             continue
         users = [u for u in cons[name] if u not in training]
+        if not cons[name] and g.control_consumers(name):
+            continue  # read only through control edges: a cond pivot, an ordering node
         if not cons[name]:
             sinks.append(name)
         elif not users:
