@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from . import inference
 from .analysis import analyze
 from .errors import BNConvertError, InputError, Interrupted, OutputError, VerificationError
 from .fold import fold_all
@@ -114,6 +115,7 @@ def fold(
     report.timings["inference_mode"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = fold_all(g, outs, mode=mode, only=set(only) if only else None, keep_going=keep_going)
+    inference.place_constants_in_frames(g)  # new weights read inside a while loop enter its frame
     g.prune(outs, keep=[node_of(t) for t in ins])
     report.layers = [layer.to_dict() for layer in result.layers]
     report.timings["match_fold"] = time.perf_counter() - t1

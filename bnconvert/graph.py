@@ -56,6 +56,11 @@ def input_string(tensor: str) -> str:
     return name if idx == 0 else f"{name}:{idx}"
 
 
+def _invariant_enter(node) -> bool:
+    """An ``Enter`` with ``is_constant`` set carries a loop invariant into a while frame."""
+    return node.op == "Enter" and "is_constant" in node.attr and node.attr["is_constant"].b
+
+
 class Graph:
     """Nodes by name plus a consumer index, with edits that keep both consistent."""
 
@@ -167,7 +172,7 @@ class Graph:
                 continue
             ins = self.inputs(node)
             pending = [i for i in ins if i not in cache]
-            if node.op != "Const" and node.op in _CONST_OPS and pending:
+            if node.op != "Const" and (node.op in _CONST_OPS or _invariant_enter(node)) and pending:
                 if len(stack) > 4 * len(self.nodes) + 10:
                     raise GraphError(f"the graph has a cycle through node '{node.name}'")
                 stack.extend(pending)
@@ -179,6 +184,8 @@ class Graph:
     def _eval_const(self, node, out_idx, vals, wide):
         if out_idx != 0:
             return None
+        if _invariant_enter(node):  # a loop invariant: the same value in every iteration
+            return vals[0]
         if node.op == "Const":
             v = _tensor_to_ndarray(node.attr["value"].tensor)
             if wide and v.dtype.kind == "f" or wide and v.dtype.name == "bfloat16":

@@ -297,3 +297,59 @@ def _placing_sources(g: Graph) -> set[str]:
         elif n.op not in ("Exit", "RefExit") and any(s in may_dead for s in srcs):
             may_dead.add(name)
     return {name for name, k in depth.items() if k > 0} | may_dead
+
+
+def place_constants_in_frames(g: Graph) -> int:
+    """Give every input-less ``Const`` read inside a while frame an ``Enter`` (``is_constant``)
+    into that frame, as TensorFlow itself carries loop invariants.  Folding writes its new
+    weights and biases as such constants; without the Enter a folded layer inside a loop body
+    would read from the root frame.  Returns the number of Enter nodes added."""
+    frames, templates = _frames(g)
+    added = 0
+    for name in list(g.nodes):
+        node = g.nodes[name]
+        if node.op != "Const" or node.input:
+            continue
+        by_frame: dict[tuple, list[tuple[str, int]]] = {}
+        for cname, idx in g.consumers(f"{name}:0"):
+            c = g.nodes[cname]
+            want = frames.get(cname, ())[:-1] if c.op in ("Enter", "RefEnter") else frames.get(cname, ())
+            if c.op not in ("Exit", "RefExit") and want:
+                by_frame.setdefault(want, []).append((cname, idx))
+        for stack, users in by_frame.items():
+            src = f"{name}:0"
+            for frame in stack:
+                src = f"{_enter(g, src, node.attr['dtype'], templates[frame]).name}:0"
+                added += 1
+            for cname, idx in users:
+                g.set_input(cname, idx, src)
+    return added
+
+
+def _frames(g: Graph) -> tuple[dict[str, tuple], dict[str, object]]:
+    """Each node's stack of while frame names, and one Enter node per frame (as a template)."""
+    frames: dict[str, tuple] = {}
+    templates: dict[str, object] = {}
+    for name in g.topo_order():
+        n = g.nodes[name]
+        srcs = [split_input(s)[0] for s in n.input]
+        data = g.inputs(n)
+        if n.op in ("Enter", "RefEnter"):
+            frame = n.attr["frame_name"].s.decode()
+            frames[name] = frames.get(node_of(data[0]), ()) + (frame,)
+            templates.setdefault(frame, n)
+        elif n.op in ("Exit", "RefExit"):
+            frames[name] = frames.get(node_of(data[0]), ())[:-1]
+        else:
+            frames[name] = max((frames.get(s, ()) for s in srcs), key=len, default=())
+    return frames, templates
+
+
+def _enter(g: Graph, src: str, dtype_attr, template):
+    node = g.new_node("Enter", f"{node_of(src)}/enter", [src])
+    node.attr["T"].type = dtype_attr.type
+    node.attr["frame_name"].CopyFrom(template.attr["frame_name"])
+    node.attr["is_constant"].b = True
+    if "parallel_iterations" in template.attr:
+        node.attr["parallel_iterations"].CopyFrom(template.attr["parallel_iterations"])
+    return node

@@ -15,6 +15,7 @@ fixtures.  Tests: tests/test_loops_outputs.py.
                    ctc_greedy_decoder -> sparse_to_dense; outputs "decoded" and "log_prob"
   crnn_lstm_ctc    the same with an LSTMCell, a decomposed BN (fused=False) and the sequence
                    lengths fed through an int32 placeholder "seq_len" (as most CRNN readers do)
+  rnn_bn_cell      a BN inside the loop body (dense -> tf.layers BN in a dynamic_rnn cell)
   two_heads        conv + BN trunk, two heads that end in BiasAdd (heatmaps, keypoints), no
                    Identity at the end: both are outputs
   mnist_train_ckpt the classic MNIST training checkpoint: x, labels, dense -> contrib
@@ -96,6 +97,28 @@ def _crnn_lstm_ctc(net):
     cell = tf.compat.v1.nn.rnn_cell.LSTMCell(16, name="lstm")
     out, _ = tf.compat.v1.nn.dynamic_rnn(cell, feats, sequence_length=seq_len, dtype=tf.float32)
     _crnn_head(net, out, seq_len)
+
+
+@fixture("rnn_bn_cell", "a BN inside a while-loop body: dynamic_rnn over a cell whose input "
+         "projection is dense -> tf.layers BN (rank 2: moments + cond on an is_training "
+         "placeholder entering the frame) -> + recurrent dense -> tanh")
+def _rnn_bn_cell(net):
+    tf = mf.tf
+    x = net.input([None, 6, 4], [3, 6, 4])
+    phase = net.phase("is_training")
+
+    class BNCell(tf.compat.v1.nn.rnn_cell.RNNCell):
+        state_size = output_size = 5
+
+        def __call__(self, inp, state, scope=None):
+            with tf.compat.v1.variable_scope("bncell", reuse=tf.compat.v1.AUTO_REUSE):
+                h = mf.layer_bn(tf.compat.v1.layers.dense(inp, 5, name="proj"), phase, "bn")
+                out = tf.tanh(h + tf.compat.v1.layers.dense(state, 5, name="rec", use_bias=False))
+            return out, out
+
+    outs, _ = tf.compat.v1.nn.dynamic_rnn(BNCell(), x, dtype=tf.float32)
+    net.bn("rnn/while/bncell/bn", "decomposed (moments + cond) inside a while frame", "MatMul+BiasAdd")
+    net.output(outs)
 
 
 @fixture("two_heads", "conv + tf.layers BN trunk, two heads ending in BiasAdd (no Identity): "
