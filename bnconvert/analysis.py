@@ -53,6 +53,9 @@ def analyze(model, inputs: list[str] | None = None, outputs: list[str] | None = 
     else:
         found = endpoints.find_outputs(g, ins, flags, exclude=inf.orphans)
         outs, guessed, candidates = found.tensors, found.guessed, found.candidates
+    if not (inputs or sig_inputs):  # a default input the outputs do not read is no input
+        used = g.ancestors(outs)
+        ins = [t for t in ins if node_of(t) in used] or ins
     for t in ins:
         if node_of(t) in flags:
             raise InputError(f"input '{t}' is a training flag; it is set, not fed")

@@ -21,7 +21,9 @@ Run on the inference-mode graph (flags already constant):
   all losses) falls back to the tensors that feed a loss op or a label-dependent op, keeping
   the earliest (logits win over their argmax): a guess too.  Guessed outputs are marked
   (:class:`Outputs` ``.guessed``) and the candidates listed; nothing is refused for ambiguity.
-  Outputs come in graph order.
+  In a graph holding training machinery every default is a guess.  Unread loop ``Exit``s,
+  shape arithmetic, and — when some candidate goes through a weighted layer — candidates that
+  do not, are no outputs.  Outputs come in graph order.
 """
 from __future__ import annotations
 
@@ -39,15 +41,16 @@ _WEIGHTED = {
 }
 _LOSS_OPS = {
     "SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits",
-    "SigmoidCrossEntropyWithLogits", "InTopK", "InTopKV2", "CTCLoss", "CTCLossV2",
+    "SigmoidCrossEntropyWithLogits", "InTopK", "InTopKV2", "CTCLoss", "CTCLossV2", "EditDistance",
 }
 #: losses whose output :1 is the gradient w.r.t. the logits (read only by tf.gradients)
 _BACKPROP_OUTPUT = {"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits", "CTCLoss", "CTCLossV2"}
 _BN_STATS = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
 _NOT_OUTPUT = {
     "Const", "NoOp", "Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs", "Assert",
-    "Placeholder", "PlaceholderWithDefault", "Switch", "Merge",
+    "Placeholder", "PlaceholderWithDefault", "Switch", "Merge", "Exit",
 }
+_SHAPE_OPS = {"Shape", "ShapeN", "Size", "Rank"}
 _GRADIENT_OP = re.compile(r"(Grad(V\d+)?|BackpropFilter(V\d+)?|GradientArgs)$")
 _OPTIMIZER_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 _UPDATE_OPS = {
@@ -159,7 +162,9 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
     data, placeholders = _placeholders(g, flags, training)
     labels = set(placeholders) - set(data) - input_nodes
     input_nodes |= set(data)
-    from_inputs = _descendants(g, input_nodes, lambda x: [c for c in cons[x] if c not in training])
+    # shape arithmetic (zero states, batch sizes) is not computed from the inputs' values
+    from_inputs = _descendants(g, input_nodes, lambda x: [] if g.nodes[x].op in _SHAPE_OPS else
+                               [c for c in cons[x] if c not in training])
     from_labels = _descendants(g, labels, lambda x: cons[x]) if labels else set()
     sinks, after_training, feeders = [], [], []
     for name in g.nodes:  # graph order
@@ -176,10 +181,11 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
             after_training.append(name)
         elif any(g.nodes[u].op in _LOSS_OPS or u in from_labels for u in users):
             feeders.append(name)
+    sinks, after_training = _prefer_weighted(g, cons, sinks, after_training)
     if sinks or after_training:
         position = {name: i for i, name in enumerate(g.nodes)}
         chosen = sorted(sinks + after_training, key=position.__getitem__)
-        return Outputs([f"{n}:0" for n in chosen], guessed=bool(after_training),
+        return Outputs([f"{n}:0" for n in chosen], guessed=bool(after_training or training),
                        candidates=[f"{n}:0" for n in chosen])
     earliest = []
     for name in feeders:
@@ -189,6 +195,16 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
     if not earliest:
         raise InputError("cannot tell the model's outputs (no tensor is computed from the inputs alone); pass --outputs")
     return Outputs([f"{n}:0" for n in earliest], guessed=True, candidates=[f"{n}:0" for n in feeders])
+
+
+def _prefer_weighted(g: Graph, cons, *groups: list[str]) -> tuple[list[str], ...]:
+    """Keep the candidates computed through a weighted layer, when some are: a model's output
+    passes through its weights (``reduce_min(seq_len)`` left unused in a checkpoint does not)."""
+    weighted = {name for name, n in g.nodes.items() if n.op in _WEIGHTED}
+    through = _descendants(g, weighted, lambda x: cons[x])
+    if not any(n in through for grp in groups for n in grp):
+        return groups
+    return tuple([n for n in grp if n in through] for grp in groups)
 
 
 def default_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
