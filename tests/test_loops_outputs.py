@@ -220,6 +220,17 @@ def test_training_checkpoint_output_is_the_logits(train_ckpt):
     assert saved["outputs_guessed"] is True and saved["output_candidates"] == report.output_candidates
 
 
+def test_crnn_training_checkpoint_outputs_the_decoder(tmp_path_factory):
+    """A checkpoint keeps every node: unused loop Exits, zero-state shape arithmetic,
+    reduce_min(seq_len), the loss and the edit-distance metric.  None of them is an output; the
+    labels (sparse placeholder) are no input; the folded loop graph runs."""
+    spec, report = _convert("crnn_train_ckpt", tmp_path_factory)
+    assert report.outputs == ["dense_decoded:0"] and report.outputs_guessed
+    assert report.inputs == ["x:0", "seq_len:0"] == spec["inputs"]
+    assert report.bn["folded"] == 1
+    _check_files(spec, report)
+
+
 def test_training_machinery_is_found_by_structure_not_names():
     """Renaming the gradients scope does not turn gradient ops into output candidates."""
     from bnconvert import endpoints

@@ -16,6 +16,7 @@ fixtures.  Tests: tests/test_loops_outputs.py.
   crnn_lstm_ctc    the same with an LSTMCell, a decomposed BN (fused=False) and the sequence
                    lengths fed through an int32 placeholder "seq_len" (as most CRNN readers do)
   rnn_bn_cell      a BN inside the loop body (dense -> tf.layers BN in a dynamic_rnn cell)
+  crnn_train_ckpt  the CRNN's training checkpoint (ctc_loss, sparse labels, GradientDescent)
   two_heads        conv + BN trunk, two heads that end in BiasAdd (heatmaps, keypoints), no
                    Identity at the end: both are outputs
   mnist_train_ckpt the classic MNIST training checkpoint: x, labels, dense -> contrib
@@ -160,6 +161,34 @@ def _mnist_train_ckpt(net):
         tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss, name="train")
     net.extra["other_tensors"] = {"labels": "labels:0", "loss": "loss:0", "accuracy": "accuracy:0",
                                   "train_op": "train"}
+
+
+@fixture("crnn_train_ckpt", "CRNN training checkpoint folder: images, seq_len placeholder, "
+         "sparse labels placeholder, conv -> tf.layers BN (is_training) -> dynamic_rnn GRU -> "
+         "dense, ctc_loss, ctc_greedy_decoder -> sparse_to_dense 'dense_decoded', edit-distance "
+         "error rate, loss summary, GradientDescent minimize under UPDATE_OPS; every node kept by "
+         "the checkpoint (unused loop Exits, zero-state shapes, reduce_min(seq_len))",
+         format="checkpoint")
+def _crnn_train_ckpt(net):
+    tf = mf.tf
+    _, feats = _crnn_trunk(net, lambda h, p: mf.layer_bn(h, p, "bn1"))
+    net.bn("bn1", "FusedBatchNormV3 in cond", "Conv2D+BiasAdd")
+    seq_len = tf.compat.v1.placeholder(tf.int32, [None], name="seq_len")
+    net.inputs.append((seq_len, [3], "seq_len"))
+    labels = tf.compat.v1.sparse_placeholder(tf.int32, name="labels")
+    out, _ = tf.compat.v1.nn.dynamic_rnn(tf.compat.v1.nn.rnn_cell.GRUCell(16, name="gru"), feats,
+                                         sequence_length=seq_len, dtype=tf.float32)
+    logits = tf.transpose(tf.compat.v1.layers.dense(out, 8, name="logits"), [1, 0, 2], name="time_major")
+    loss = tf.reduce_mean(tf.compat.v1.nn.ctc_loss(labels, logits, seq_len), name="loss")
+    decoded, _ = tf.nn.ctc_greedy_decoder(logits, seq_len)
+    dense = tf.compat.v1.sparse_to_dense(decoded[0].indices, decoded[0].dense_shape, decoded[0].values,
+                                         default_value=-1, name="dense_decoded")
+    tf.reduce_mean(tf.edit_distance(tf.cast(decoded[0], tf.int32), labels), name="label_error_rate")
+    tf.compat.v1.summary.scalar("loss", loss)
+    with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+        tf.compat.v1.train.GradientDescentOptimizer(0.01).minimize(loss, name="train")
+    net.outputs.append(dense)
+    net.channel_axis = 0
 
 
 def _make_inputs(net, rng, _orig=mf._make_inputs):
