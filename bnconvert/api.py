@@ -13,7 +13,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import endpoints, inference
+from . import inference
+from .analysis import analyze
 from .errors import InputError
 from .fold import fold_all
 from .graph import Graph, node_of
@@ -84,35 +85,22 @@ def fold(
     if m.repairs:
         report.notes.append("reference ops rewritten: " + ", ".join(f"{k}×{v}" for k, v in sorted(m.repairs.items())))
     t0 = time.perf_counter()
-    g = Graph(m.graph_def)
-    report.ops_before = _bn_ops(g.op_histogram())
-    inf = inference.to_inference(g, set_flags)
-    g.invalidate()
-    flags = {node_of(k) for k in inf.flags}
+    a = analyze(m, inputs=inputs, outputs=outputs, set_flags=set_flags)
+    g, inf, ins, outs = a.graph, a.inference, a.inputs, a.outputs
+    report.ops_before = _bn_ops(a.op_histogram_before)
     report.training_flags = inf.flags
     report.inference = {
         "switches_resolved": inf.switches_resolved, "merges_resolved": inf.merges_resolved,
         "dead_nodes_removed": inf.dead_removed, "control_deps_dropped": inf.control_deps_dropped,
     }
-    ins = endpoints.check_tensors(g, inputs, "input") if inputs else None
-    if ins is None:
-        ins = endpoints.check_tensors(g, m.inputs, "input") if m.inputs else endpoints.default_inputs(g, flags)
-    if outputs:
-        outs = endpoints.check_tensors(g, outputs, "output")
-    elif m.outputs:
-        outs = endpoints.check_tensors(g, m.outputs, "output")
-    else:
-        outs = endpoints.default_outputs(g, ins, flags, exclude=inf.orphans)
-    for t in ins:
-        if node_of(t) in flags:
-            raise InputError(f"input '{t}' is a training flag; it is set, not fed")
     report.inputs, report.outputs = ins, outs
+    report.outputs_guessed, report.output_candidates = a.outputs_guessed, a.output_candidates
     g.prune(outs, keep=[node_of(t) for t in ins])
     report.timings["inference_mode"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = fold_all(g, outs, mode=mode, only=set(only) if only else None, keep_going=keep_going)
+    inference.place_constants_in_frames(g)  # new weights read inside a while loop enter its frame
     g.prune(outs, keep=[node_of(t) for t in ins])
-    g.invalidate()  # drop the numpy copies of constants before writing the GraphDef
     report.layers = [layer.to_dict() for layer in result.layers]
     report.timings["match_fold"] = time.perf_counter() - t1
     gd = g.to_graph_def()
@@ -175,7 +163,7 @@ def compare(
         raise InputError(f"{converted}: no such file or directory")
     with _naming(original):
         model = _as_model(original, allow_unsafe=allow_unsafe)
-        info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
+        info = analyze(model, inputs=inputs, outputs=outputs, set_flags=set_flags)
         shapes = resolve_shapes(model.graph_def, info.inputs, input_shapes, batch=batch)
     vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed)
     result = verify_converted(model, converted, info, shapes, vopts, allow_unsafe=allow_unsafe)

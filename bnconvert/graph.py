@@ -7,6 +7,13 @@ topologically sorted GraphDef; the GraphDef passed in is never modified.
 
 Tensor names are always ``"node:index"`` here; GraphDef input strings (``"node"``,
 ``"node:1"``, ``"^node"``) are normalised with :func:`tensor_name`.
+
+Constant values (:meth:`Graph.const`) are cached per tensor.  The cache cannot go stale: every
+edit that can change a value (:meth:`Graph.set_input`, :meth:`Graph.rewire`,
+:meth:`Graph.remove_node`, :meth:`Graph.add_node` over a name something already reads) drops
+the cached values of the edited node and of everything computed from it, at once.  Callers
+never invalidate by hand.  The output ports a node has in use are read off the consumer index
+(:meth:`Graph.output_tensors`), never guessed from a fixed range.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from typing import Iterable
 import numpy as np
 
 from .errors import GraphError
+
+_MISSING = object()
 
 
 def split_input(s: str) -> tuple[str, int, bool]:
@@ -47,6 +56,11 @@ def input_string(tensor: str) -> str:
     return name if idx == 0 else f"{name}:{idx}"
 
 
+def _invariant_enter(node) -> bool:
+    """An ``Enter`` with ``is_constant`` set carries a loop invariant into a while frame."""
+    return node.op == "Enter" and "is_constant" in node.attr and node.attr["is_constant"].b
+
+
 class Graph:
     """Nodes by name plus a consumer index, with edits that keep both consistent."""
 
@@ -63,9 +77,11 @@ class Graph:
                 raise GraphError(f"node name '{n.name}' appears twice")
             self.nodes[n.name] = copy.deepcopy(n) if copy_nodes else n
         self._consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        #: node -> {output port: number of data consumers}; the ports actually in use
+        self._ports: dict[str, dict[int, int]] = defaultdict(dict)
         for n in self.nodes.values():
             for i, s in enumerate(n.input):
-                self._consumers[tensor_name(s)].append((n.name, i))
+                self._link(s, n.name, i)
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._wide_cache: dict[str, np.ndarray | None] = {}
         self._counter = 0
@@ -102,14 +118,15 @@ class Graph:
         return sorted(out)
 
     def output_tensors(self, node_name: str) -> list[str]:
-        """Tensors of ``node_name`` that something consumes (``:0`` always included)."""
-        prefix = node_name + ":"
-        found = {f"{node_name}:0"}
-        # look indices up directly: scanning all keys would make callers quadratic
-        for i in range(1, 16):
-            if prefix + str(i) in self._consumers and self._consumers[prefix + str(i)]:
-                found.add(prefix + str(i))
-        return sorted(found)
+        """Tensors of ``node_name`` that something consumes (``:0`` always included).
+
+        Read off the consumer index, so every port in use is listed, whatever the op."""
+        ports = {0} | set(self._ports.get(node_name, ()))
+        return [f"{node_name}:{i}" for i in sorted(ports)]
+
+    def used_ports(self, node_name: str) -> list[int]:
+        """Output ports of ``node_name`` that at least one data consumer reads."""
+        return sorted(self._ports.get(node_name, ()))
 
     def attr(self, node, key, default=None):
         if key not in node.attr:
@@ -154,7 +171,7 @@ class Graph:
                 continue
             ins = self.inputs(node)
             pending = [i for i in ins if i not in cache]
-            if node.op != "Const" and node.op in _CONST_OPS and pending:
+            if node.op != "Const" and (node.op in _CONST_OPS or _invariant_enter(node)) and pending:
                 if len(stack) > 4 * len(self.nodes) + 10:
                     raise GraphError(f"the graph has a cycle through node '{node.name}'")
                 stack.extend(pending)
@@ -166,6 +183,8 @@ class Graph:
     def _eval_const(self, node, out_idx, vals, wide):
         if out_idx != 0:
             return None
+        if _invariant_enter(node):  # a loop invariant: the same value in every iteration
+            return vals[0]
         if node.op == "Const":
             v = _tensor_to_ndarray(node.attr["value"].tensor)
             if wide and v.dtype.kind == "f" or wide and v.dtype.name == "bfloat16":
@@ -177,15 +196,57 @@ class Graph:
         try:
             with np.errstate(all="ignore"):
                 out = fn(node, self, *vals)
-        except Exception:  # shape mismatch etc.: not a constant we understand
+        except (ValueError, TypeError, IndexError, ArithmeticError):
+            # numpy's refusals (shapes that do not broadcast or reshape, a bad axis, an
+            # unsupported dtype): not a constant we can compute.  Anything else is a bug.
             return None
         if wide and out.dtype.kind == "f":
             out = out.astype(np.float64)
         return out
 
     def invalidate(self) -> None:
+        """Drop every cached constant value (to free memory; edits invalidate by themselves)."""
         self._const_cache.clear()
         self._wide_cache.clear()
+
+    def _invalidate_from(self, node_name: str) -> None:
+        """Drop the cached values of ``node_name`` and of everything computed from them."""
+        caches = (self._const_cache, self._wide_cache)
+        queue = deque([node_name])
+        seen = set()
+        while queue:
+            name = queue.popleft()
+            if name in seen:
+                continue
+            seen.add(name)
+            for t in self.output_tensors(name):
+                hit = False
+                for cache in caches:
+                    if cache.pop(t, _MISSING) is not _MISSING:
+                        hit = True
+                if hit:  # an uncached tensor has no cached value computed from it
+                    queue.extend(c for c, _ in self._consumers.get(t, ()))
+
+    def _link(self, s: str, node_name: str, index: int) -> None:
+        t = tensor_name(s)
+        self._consumers[t].append((node_name, index))
+        src, port, ctrl = split_input(t)
+        if not ctrl:
+            ports = self._ports[src]
+            ports[port] = ports.get(port, 0) + 1
+
+    def _unlink(self, s: str, node_name: str, index: int) -> None:
+        t = tensor_name(s)
+        lst = self._consumers.get(t)
+        if lst is None or (node_name, index) not in lst:
+            return
+        lst.remove((node_name, index))
+        src, port, ctrl = split_input(t)
+        if not ctrl:
+            ports = self._ports[src]
+            ports[port] -= 1
+            if not ports[port]:
+                del ports[port]
 
     # ------------------------------------------------------------------ edits
     def unique_name(self, base: str) -> str:
@@ -200,7 +261,8 @@ class Graph:
             raise GraphError(f"internal: node '{node.name}' exists")
         self.nodes[node.name] = node
         for i, s in enumerate(node.input):
-            self._consumers[tensor_name(s)].append((node.name, i))
+            self._link(s, node.name, i)
+        self._invalidate_from(node.name)  # a replacement under a name others already read
         return node
 
     def new_node(self, op: str, name: str, inputs: Iterable[str] = (), **attrs):
@@ -229,13 +291,10 @@ class Graph:
 
     def set_input(self, node_name: str, index: int, tensor: str) -> None:
         node = self.nodes[node_name]
-        old = tensor_name(node.input[index])
-        lst = self._consumers[old]
-        lst.remove((node_name, index))
+        self._unlink(node.input[index], node_name, index)
         node.input[index] = input_string(tensor)
-        self._consumers[tensor_name(tensor)].append((node_name, index))
-        for cache in (self._const_cache, self._wide_cache):
-            cache.pop(f"{node_name}:0", None)
+        self._link(tensor, node_name, index)
+        self._invalidate_from(node_name)
 
     def rewire(self, old: str, new: str, skip: set[str] | frozenset = frozenset()) -> int:
         """Point every data consumer of tensor ``old`` (except nodes in ``skip``) at ``new``."""
@@ -248,14 +307,10 @@ class Graph:
         return count
 
     def remove_node(self, name: str) -> None:
+        self._invalidate_from(name)
         node = self.nodes.pop(name)
         for i, s in enumerate(node.input):
-            lst = self._consumers.get(tensor_name(s))
-            if lst is not None:
-                try:
-                    lst.remove((name, i))
-                except ValueError:
-                    pass
+            self._unlink(s, name, i)
 
     def drop_control_inputs(self, node_name: str, keep=lambda src: False) -> int:
         node = self.nodes[node_name]
@@ -268,11 +323,11 @@ class Graph:
                 keep_inputs.append(s)
         if dropped:
             for i, s in enumerate(node.input):
-                self._consumers[tensor_name(s)].remove((node_name, i))
+                self._unlink(s, node_name, i)
             del node.input[:]
             node.input.extend(keep_inputs)
             for i, s in enumerate(node.input):
-                self._consumers[tensor_name(s)].append((node_name, i))
+                self._link(s, node_name, i)
         return dropped
 
     # ------------------------------------------------------------------ structure
@@ -337,6 +392,9 @@ class Graph:
         return order
 
     def to_graph_def(self):
+        """A new, topologically sorted GraphDef.  Drops the cached constant values first: they
+        are numpy copies of the weights and would double the peak memory."""
+        self.invalidate()
         gd = self._proto_type()
         gd.versions.CopyFrom(self.versions)
         gd.library.CopyFrom(self.library)

@@ -2,17 +2,33 @@
 
 1. **Training flags** are the bool ``Placeholder``/``PlaceholderWithDefault`` nodes that decide
    a ``cond`` (they reach the predicate input of a ``Switch``, possibly through Identity nodes
-   such as ``cond/pred_id``).  Each becomes a ``Const`` holding False (or what ``--set`` says).
-2. **Cond pruning**: with a constant predicate, one output of every ``Switch`` is dead.  Deadness
-   propagates forward through data and control edges, exactly as TensorFlow's executor does; a
-   ``Merge`` is live when one input is live and is replaced by that input.  Dead nodes go.
-3. **Control dependencies** are dropped: in a frozen inference graph they only order training
-   machinery (moving-average updates, ``cond`` frame pivots), never values on the output path.
+   such as ``cond/pred_id`` and through the ``Enter`` that carries them into a while loop).
+   Each becomes a ``Const`` holding False (or what ``--set`` says).
+2. **Cond pruning** resolves only the conds those constants decide: a ``Switch`` whose predicate
+   is a constant (through Identity/Enter) has one dead output.  Deadness propagates forward
+   through data and control edges, exactly as TensorFlow's executor does.  A ``Merge`` with one
+   live input is resolved; a loop ``Merge`` (one input from ``NextIteration``) is never
+   resolved, it dies only with its ``Enter``.  Resolution is one mechanism over the output
+   ports each resolved node really has in use (read off the consumer index): a ``Switch``'s
+   taken port stands for its data input, a ``Merge``'s ``:0`` for its live input and its
+   ``:1`` (``value_index``) for a constant holding the live input's index.  Dead nodes go.
+   ``Switch``es with a computed predicate (``LoopCond``, ``tf.cond`` on a tensor) stay.
+3. **Control dependencies.**  TensorFlow uses a control edge for two things: to *order*
+   execution, and — because a node takes the frame and the deadness of all its inputs — to
+   *place* a node that has no data input into a frame: a Const in a while body gets
+   ``^while/Identity`` (the body pivot), one in the loop condition ``^while/Merge``, one in a
+   cond branch ``^cond/switch_t``.  The rule: a control edge ``^src -> dst`` is **kept** when
+   ``src`` lies inside a while frame (frame depth > 0, counting Enter +1 and Exit -1 along all
+   edges) or ``src`` may still be dead at run time (it depends on a ``Switch`` left
+   unresolved, i.e. it is inside a cond that is not decided by a training flag).  Dropping
+   such an edge would move ``dst`` into the root frame ("inputs from different frames") or make
+   a branch constant live in both branches (a wrong ``Merge``).  Every other control edge only
+   orders execution — moving-average updates, assertions, pivots of conds resolved here — and
+   is **dropped**.
 4. The graph is pruned to what the outputs need, so batch ``moments``, ``AssignMovingAvg``,
    ``RefSwitch``/``Assign*`` (already made value-typed by the loader) and optimizer ops vanish.
-
-A ``Switch`` whose predicate is not constant (a flag the user did not ask to set, a computed
-predicate) is left alone and reported by the matcher if a BN depends on it.
+   While-loop machinery (``Enter``/``Exit``/``NextIteration``/``LoopCond``, ``TensorArray*``)
+   is kept as it is.
 """
 from __future__ import annotations
 
@@ -21,11 +37,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, UnsupportedError
-from .graph import Graph, node_of, split_input, tensor_name
+from .graph import Graph, input_string, node_of, split_input, tensor_name
 from . import tfproto
 
 _PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault")
 _IDENTITY_LIKE = ("Identity", "Snapshot", "StopGradient")
+#: ops a predicate passes through unchanged: Identity-likes and the Enter into a while frame
+_PASS_THROUGH = _IDENTITY_LIKE + ("Enter",)
 DT_BOOL = 10
 
 
@@ -55,7 +73,7 @@ def find_training_flags(g: Graph) -> list[str]:
                 if src.attr["dtype"].type == DT_BOOL:
                     flags.add(src.name)
                 break
-            if src.op not in _IDENTITY_LIKE or not src.input:
+            if src.op not in _PASS_THROUGH or not src.input:
                 break
             t = tensor_name(src.input[0])
     return sorted(flags)
@@ -97,8 +115,9 @@ def to_inference(g: Graph, overrides: dict[str, bool] | None = None) -> Inferenc
         _replace_with_const(g, name, value)
         res.flags[f"{name}:0"] = value
     _resolve_conds(g, res)
+    keep = _placing_sources(g)
     for name in list(g.nodes):
-        res.control_deps_dropped += g.drop_control_inputs(name)
+        res.control_deps_dropped += g.drop_control_inputs(name, keep=keep.__contains__)
     res.orphans = {name for name in had_consumers if name in g.nodes and not g.all_consumers(name)}
     return res
 
@@ -112,74 +131,225 @@ def _replace_with_const(g: Graph, name: str, value: bool) -> None:
     node.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(np.array(value)))
     g.remove_node(name)
     g.add_node(node)
-    g.invalidate()
+
+
+def predicate_value(g: Graph, tensor: str) -> bool | None:
+    """The constant value of a Switch predicate (through Identity-likes and Enter), else None."""
+    for _ in range(len(g.nodes) + 1):
+        src = g.get(tensor)
+        if src is None or src.op not in _PASS_THROUGH or not src.input:
+            break
+        tensor = tensor_name(src.input[0])
+    v = g.const(tensor)
+    if v is None or v.size != 1:
+        return None
+    return bool(v.reshape(-1)[0])
+
+
+def _is_loop_merge(g: Graph, data: list[str]) -> bool:
+    return any(g.nodes[node_of(t)].op in ("NextIteration", "RefNextIteration") for t in data if node_of(t) in g.nodes)
+
+
+@dataclass
+class _Deadness:
+    """What a constant predicate decides: dead nodes, dead ports, resolved Switches/Merges."""
+
+    dead: set[str] = field(default_factory=set)  # nodes all of whose outputs are dead
+    dead_ports: set[str] = field(default_factory=set)  # untaken Switch outputs
+    #: resolved port -> the tensor it stands for ("Merge:1" -> None: its value_index const)
+    port_value: dict[str, str | None] = field(default_factory=dict)
+    merge_index: dict[str, int] = field(default_factory=dict)  # resolved Merge -> live input
+    partial: dict[str, list[str]] = field(default_factory=dict)  # Merge -> its live inputs (> 1)
+    resolved: list[str] = field(default_factory=list)  # Switch/Merge names, topological order
+
+    def is_dead(self, t: str) -> bool:
+        return node_of(t) in self.dead or t in self.dead_ports
+
+
+def _propagate(g: Graph) -> _Deadness:
+    """Forward deadness from constant predicates, as TensorFlow's executor would."""
+    d = _Deadness()
+    for name in g.topo_order():
+        n = g.nodes[name]
+        data = g.inputs(n)
+        if any(c in d.dead for c in g.control_inputs(n)):
+            d.dead.add(name)
+        elif n.op == "Merge":
+            _merge(g, d, name, data)
+        elif any(d.is_dead(t) for t in data):
+            d.dead.add(name)
+        elif n.op == "Switch":
+            value = predicate_value(g, data[1])
+            if value is not None:
+                taken = int(value)
+                d.dead_ports.add(f"{name}:{1 - taken}")
+                d.port_value[f"{name}:{taken}"] = data[0]
+                d.resolved.append(name)
+    return d
+
+
+def _merge(g: Graph, d: _Deadness, name: str, data: list[str]) -> None:
+    if _is_loop_merge(g, data):  # a loop never starts when its Enter is dead
+        if any(d.is_dead(t) for t in data if g.nodes[node_of(t)].op not in ("NextIteration", "RefNextIteration")):
+            d.dead.add(name)
+        return
+    live = [t for t in data if not d.is_dead(t)]
+    if not live:
+        d.dead.add(name)
+    elif len(live) == 1:
+        d.port_value[f"{name}:0"] = live[0]
+        d.port_value[f"{name}:1"] = None
+        d.merge_index[name] = data.index(live[0])
+        d.resolved.append(name)
+    elif len(live) < len(data):
+        d.partial[name] = live
+
+
+def _final(d: _Deadness, t: str) -> str:
+    """Follow resolved ports to the tensor that really computes the value."""
+    seen = set()
+    while t in d.port_value and d.port_value[t] is not None and t not in seen:
+        seen.add(t)
+        t = d.port_value[t]
+    return t
 
 
 def _resolve_conds(g: Graph, res: InferenceResult) -> None:
-    order = g.topo_order()
-    dead_tensors: set[str] = set()
-    dead_nodes: set[str] = set()
-    switch_live: dict[str, str] = {}  # live Switch output tensor -> its data input
-    merge_live: dict[str, str] = {}  # Merge name -> live data input tensor
-    merge_index: dict[str, int] = {}  # Merge name -> which input is live (its output :1)
-    for name in order:
-        n = g.nodes[name]
-        data = g.inputs(n)
-        ctrl = g.control_inputs(n)
-        if n.op == "Merge":
-            live = [t for t in data if t not in dead_tensors]
-            if not live:
-                dead_nodes.add(name)
-            elif len(live) == 1 and len(data) > 1:
-                merge_live[name] = live[0]
-                merge_index[name] = data.index(live[0])
-            if any(c in dead_nodes for c in ctrl) and name not in dead_nodes:
-                dead_nodes.add(name)
-                merge_live.pop(name, None)
-        elif any(t in dead_tensors for t in data) or any(c in dead_nodes for c in ctrl):
-            dead_nodes.add(name)
-        elif n.op == "Switch":
-            pred = g.const(data[1])
-            if pred is not None and pred.size == 1:
-                taken = 1 if bool(pred.reshape(-1)[0]) else 0
-                dead_tensors.add(f"{name}:{1 - taken}")
-                switch_live[f"{name}:{taken}"] = data[0]
-        if name in dead_nodes:
-            dead_tensors.update(f"{name}:{i}" for i in range(16))
-    # apply: bypass live Switch outputs and resolved Merges, then delete the dead
-    for tensor, src in switch_live.items():
-        g.rewire(tensor, src)
-        res.switches_resolved += 1
-    for name, live in merge_live.items():
-        g.rewire(f"{name}:0", switch_live.get(live, live))
-        if g.consumers(f"{name}:1"):
-            c = g.add_const(f"{name}/value_index", np.array(merge_index[name], dtype=np.int32))
-            g.rewire(f"{name}:1", f"{c.name}:0")
-        res.merges_resolved += 1
-    for name in dead_nodes:
-        if name in g.nodes:
-            g.remove_node(name)
-            res.dead_removed += 1
-    # a resolved Switch/Merge still used (control edges, other ports) becomes an Identity
-    resolved = {node_of(t): src for t, src in switch_live.items()}
-    resolved.update({name: switch_live.get(live, live) for name, live in merge_live.items()})
-    for name, src in resolved.items():
-        if name not in g.nodes:
-            continue
-        if not g.all_consumers(name):
-            g.remove_node(name)
-            continue
-        old = g.nodes[name]
-        t_attr = old.attr["T"] if "T" in old.attr else None
+    d = _propagate(g)
+    for name in d.dead:
         g.remove_node(name)
-        ident = type(old)()
-        ident.name, ident.op = name, "Identity"
-        ident.input.append(src if not src.endswith(":0") else src[:-2])
-        if t_attr is not None:
-            ident.attr["T"].CopyFrom(t_attr)
-        g.add_node(ident)
-    # anything still consuming a removed node was itself dead; make sure none is left dangling
+        res.dead_removed += 1
+    for name, live in d.partial.items():  # a Merge of 3+ branches with some left: drop the dead
+        node = g.nodes[name]
+        ctrl = [s for s in node.input if s.startswith("^")]
+        g.remove_node(name)
+        del node.input[:]
+        node.input.extend([input_string(t) for t in live] + ctrl)
+        node.attr["N"].i = len(live)
+        g.add_node(node)
+    resolved = set(d.resolved)
+    for name in d.resolved:
+        node = g.nodes[name]
+        for port in g.used_ports(name):
+            t = f"{name}:{port}"
+            if t not in d.port_value:
+                continue  # an untaken Switch port: only resolved Merges still read it
+            if d.port_value[t] is None:  # Merge value_index
+                c = g.add_const(f"{name}/value_index", np.array(d.merge_index[name], dtype=np.int32))
+                g.rewire(t, f"{c.name}:0")
+            else:
+                g.rewire(t, _final(d, t), skip=resolved)
+        if node.op == "Switch":
+            res.switches_resolved += 1
+        else:
+            res.merges_resolved += 1
+    # the resolved nodes now feed only each other and control edges: replace or remove them
+    for name in reversed(d.resolved):  # consumers first: a Merge may still read a Switch port
+        _retire(g, name, _final(d, f"{name}:0" if g.nodes[name].op == "Merge" else
+                                _taken_port(d, name)))
     for n in g.nodes.values():
         for s in n.input:
-            if split_input(s)[0] not in g.nodes and not s.startswith("^"):
+            if not s.startswith("^") and split_input(s)[0] not in g.nodes:
                 raise UnsupportedError(f"node '{n.name}' needs '{s}', which exists only in training mode")
+
+
+def _taken_port(d: _Deadness, name: str) -> str:
+    return next(f"{name}:{i}" for i in (0, 1) if f"{name}:{i}" in d.port_value)
+
+
+def _retire(g: Graph, name: str, src: str) -> None:
+    """Remove resolved ``name``, or make it an Identity of ``src`` if control edges still use it."""
+    others = [c for c in g.all_consumers(name) if c in g.nodes]
+    old = g.nodes[name]
+    t_attr = old.attr["T"] if "T" in old.attr else None
+    g.remove_node(name)
+    if not others:
+        return
+    ident = type(old)()
+    ident.name, ident.op = name, "Identity"
+    ident.input.append(input_string(src))
+    if t_attr is not None:
+        ident.attr["T"].CopyFrom(t_attr)
+    g.add_node(ident)
+
+
+def _placing_sources(g: Graph) -> set[str]:
+    """Nodes whose outgoing control edges place their consumers (see the module docstring):
+    those inside a while frame and those that may still be dead at run time."""
+    depth: dict[str, int] = {}
+    may_dead: set[str] = set()
+    for name in g.topo_order():
+        n = g.nodes[name]
+        srcs = [split_input(s)[0] for s in n.input]
+        data = g.inputs(n)
+        if n.op in ("Enter", "RefEnter"):
+            depth[name] = depth.get(node_of(data[0]), 0) + 1
+        elif n.op in ("Exit", "RefExit"):
+            depth[name] = max(depth.get(node_of(data[0]), 0) - 1, 0)
+        else:
+            depth[name] = max((depth.get(s, 0) for s in srcs), default=0)
+        if n.op in ("Switch", "RefSwitch"):
+            may_dead.add(name)
+        elif n.op in ("Merge", "RefMerge"):
+            entry = [node_of(t) for t in data if g.nodes[node_of(t)].op not in ("NextIteration", "RefNextIteration")]
+            if entry and all(s in may_dead for s in entry):
+                may_dead.add(name)
+        elif n.op not in ("Exit", "RefExit") and any(s in may_dead for s in srcs):
+            may_dead.add(name)
+    return {name for name, k in depth.items() if k > 0} | may_dead
+
+
+def place_constants_in_frames(g: Graph) -> int:
+    """Give every input-less ``Const`` read inside a while frame an ``Enter`` (``is_constant``)
+    into that frame, as TensorFlow itself carries loop invariants.  Folding writes its new
+    weights and biases as such constants; without the Enter a folded layer inside a loop body
+    would read from the root frame.  Returns the number of Enter nodes added."""
+    frames, templates = _frames(g)
+    added = 0
+    for name in list(g.nodes):
+        node = g.nodes[name]
+        if node.op != "Const" or node.input:
+            continue
+        by_frame: dict[tuple, list[tuple[str, int]]] = {}
+        for cname, idx in g.consumers(f"{name}:0"):
+            c = g.nodes[cname]
+            want = frames.get(cname, ())[:-1] if c.op in ("Enter", "RefEnter") else frames.get(cname, ())
+            if c.op not in ("Exit", "RefExit") and want:
+                by_frame.setdefault(want, []).append((cname, idx))
+        for stack, users in by_frame.items():
+            src = f"{name}:0"
+            for frame in stack:
+                src = f"{_enter(g, src, node.attr['dtype'], templates[frame]).name}:0"
+                added += 1
+            for cname, idx in users:
+                g.set_input(cname, idx, src)
+    return added
+
+
+def _frames(g: Graph) -> tuple[dict[str, tuple], dict[str, object]]:
+    """Each node's stack of while frame names, and one Enter node per frame (as a template)."""
+    frames: dict[str, tuple] = {}
+    templates: dict[str, object] = {}
+    for name in g.topo_order():
+        n = g.nodes[name]
+        srcs = [split_input(s)[0] for s in n.input]
+        data = g.inputs(n)
+        if n.op in ("Enter", "RefEnter"):
+            frame = n.attr["frame_name"].s.decode()
+            frames[name] = frames.get(node_of(data[0]), ()) + (frame,)
+            templates.setdefault(frame, n)
+        elif n.op in ("Exit", "RefExit"):
+            frames[name] = frames.get(node_of(data[0]), ())[:-1]
+        else:
+            frames[name] = max((frames.get(s, ()) for s in srcs), key=len, default=())
+    return frames, templates
+
+
+def _enter(g: Graph, src: str, dtype_attr, template):
+    node = g.new_node("Enter", f"{node_of(src)}/enter", [src])
+    node.attr["T"].type = dtype_attr.type
+    node.attr["frame_name"].CopyFrom(template.attr["frame_name"])
+    node.attr["is_constant"].b = True
+    if "parallel_iterations" in template.attr:
+        node.attr["parallel_iterations"].CopyFrom(template.attr["parallel_iterations"])
+    return node

@@ -17,6 +17,8 @@ class Report:
     source: dict = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    outputs_guessed: bool = False  # picked by a heuristic (training graph): check them
+    output_candidates: list[str] = field(default_factory=list)
     training_flags: dict[str, bool] = field(default_factory=dict)
     layers: list[dict] = field(default_factory=list)
     inference: dict = field(default_factory=dict)
@@ -53,6 +55,8 @@ class Report:
             "training_flags": self.training_flags,
             "inputs": self.inputs,
             "outputs": self.outputs,
+            "outputs_guessed": self.outputs_guessed,
+            "output_candidates": self.output_candidates,
             "inference": self.inference,
             "ops_before": self.ops_before,
             "ops_after": self.ops_after,
@@ -73,11 +77,14 @@ class Report:
         lines = [
             f"model:     {self.source.get('path', '?')} ({self.source.get('format', '?')})",
             f"inputs:    {', '.join(self.inputs)}",
-            f"outputs:   {', '.join(self.outputs)}",
+            f"outputs:   {', '.join(self.outputs)}" + (" (guessed: a training graph; --outputs to choose)"
+                                                       if self.outputs_guessed else ""),
             "flags:     " + (", ".join(f"{k}={str(v).lower()}" for k, v in self.training_flags.items()) or "none"),
             f"batch norms: {b['found']} found, {b['folded']} folded, {b['scale_shift']} kept as scale-shift, "
             f"{b['refused']} refused",
         ]
+        if self.outputs_guessed and self.output_candidates != self.outputs:
+            lines.insert(3, f"candidates: {', '.join(self.output_candidates)}")
         return "\n".join(lines)
 
     def layer_table(self) -> str:

@@ -80,7 +80,8 @@ def test_placeholder_with_default_flag():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def test_ambiguous_outputs_list_candidates():
+def test_two_sinks_are_two_outputs():
+    """Issue 9: an inference graph's sinks are all outputs (this used to be refused as ambiguous)."""
     import tensorflow as tf
 
     g = tf.Graph()
@@ -90,10 +91,10 @@ def test_ambiguous_outputs_list_candidates():
         h = tf.matmul(x, w)
         tf.nn.relu(h, name="a")
         tf.nn.sigmoid(h, name="b")
-    with pytest.raises(InputError, match="ambiguous.*a:0.*b:0"):
-        bnconvert.fold(g.as_graph_def())
-    res = bnconvert.fold(g.as_graph_def(), outputs=["a:0", "b:0"])
-    assert res.report.outputs == ["a:0", "b:0"]
+    res = bnconvert.fold(g.as_graph_def())
+    assert res.report.outputs == ["a:0", "b:0"] and not res.report.outputs_guessed
+    res = bnconvert.fold(g.as_graph_def(), outputs=["b:0"])
+    assert res.report.outputs == ["b:0"]
 
 
 def test_unknown_output_and_input_names():

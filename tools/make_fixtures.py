@@ -1246,6 +1246,8 @@ def main(argv=None):
             build_fixture(FIXTURES[n], args.out)
     if args.child:
         return 0
+    if not args.only:  # issue 9's real-TF1 shapes (loops, heads, training checkpoint), own folder
+        __import__("fixtures_realtf1").main(os.path.join(args.out, "realtf1"))
     write_readme(args.out)
     print_summary(args.out, names)
     return 0

@@ -24,6 +24,7 @@ def run(args) -> int:
 
         d = report.to_dict()
         print(json.dumps({k: d[k] for k in ("source", "bn", "layers", "training_flags", "inputs", "outputs",
+                                               "outputs_guessed", "output_candidates",
                                                "inference", "ops_before", "ops_after", "notes")}, indent=2))
     else:
         print(report.summary())
