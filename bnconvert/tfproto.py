@@ -55,7 +55,13 @@ def new_graph_def():
     return graph_def_class()()
 
 
-def make_ndarray(tensor_proto) -> np.ndarray:
+def make_ndarray(tensor_proto, what: str = "constant") -> np.ndarray:
+    """Decode a TensorProto; its decoded size (from the declared shape and dtype) is checked
+    against the memory budget first (:mod:`bnconvert.budget`), so a tiny proto declaring a huge
+    shape is refused instead of allocated."""
+    from .budget import check_tensor
+
+    check_tensor(tensor_proto, what)
     tf()
     from tensorflow.python.framework import tensor_util
 
