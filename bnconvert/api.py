@@ -35,9 +35,12 @@ class FoldedModel:
     model: Model
 
 
-def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False) -> Model:
-    """Read a .pb / .pbtxt / checkpoint / SavedModel into a checked, frozen :class:`Model`."""
-    return _load(path, outputs=outputs, allow_unsafe=allow_unsafe)
+def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False,
+         max_memory: int | str | None = None) -> Model:
+    """Read a .pb / .pbtxt / checkpoint / SavedModel into a checked, frozen :class:`Model`.
+
+    ``max_memory``: bytes (or "4G") the decoded constants may take (see :mod:`bnconvert.budget`)."""
+    return _load(path, outputs=outputs, allow_unsafe=allow_unsafe, max_memory=max_memory)
 
 
 def _as_model(model_or_graph_def, allow_unsafe: bool = False) -> Model:
@@ -201,6 +204,7 @@ def convert(
     rtol: float | None = None,
     allow_unsafe: bool = False,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> Report:
     """``bnconvert fold``: load, fold, export ``to`` formats, verify, write the report.
 
@@ -214,6 +218,11 @@ def convert(
     import shutil
     import tempfile
 
+    from . import budget
+
+    budget.check_batch(batch)
+    if max_memory is not None:
+        budget.configure(max_memory)
     to = tuple(dict.fromkeys(to))
     bad = [f for f in to if f not in FORMATS]
     if bad or not to:
@@ -241,7 +250,10 @@ def convert(
     report.timings = {"load": load_s, **report.timings}
     tmp = None
     try:
-        tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+        try:
+            tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+        except OSError as e:
+            raise OutputError(f"{outdir}: cannot write into the output folder ({e.strerror})") from None
         with _naming(path):
             staged = _export_all(folded, to, tmp, paths, opset, batch, input_shapes, report)
             if verify:
@@ -436,6 +448,7 @@ def compare(
     allow_unsafe: bool = False,
     seed: int = 0,
     raise_on_failure: bool = True,
+    max_memory: int | str | None = None,
 ) -> dict[str, dict]:
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite, made by anything) with ``original``.
 
@@ -446,6 +459,11 @@ def compare(
     from .verify.inputs import resolve_shapes
     from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
+    from . import budget
+
+    budget.check_batch(batch)
+    if max_memory is not None:
+        budget.configure(max_memory)
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
     with _naming(original):

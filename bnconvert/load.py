@@ -385,7 +385,7 @@ def _latest_meta(folder: str) -> str:
     """
     from google.protobuf import text_format
 
-    from tensorflow.python.checkpoint.checkpoint_management import CheckpointState  # noqa: F401
+    tfproto.tf()
     from tensorflow.python.training import checkpoint_state_pb2
 
     cfile = os.path.join(folder, "checkpoint")
@@ -425,6 +425,7 @@ def _check_outside(graph_def, where: str, allow_unsafe: bool) -> None:
 
 def _load_checkpoint(meta_path: str, outputs: list[str] | None, allow_unsafe: bool = False,
                      limit: int | None = None) -> Model:
+    tfproto.tf()
     from tensorflow.core.protobuf import meta_graph_pb2
 
     from .freeze import default_keep, freeze
@@ -460,6 +461,7 @@ def _load_saved_model(folder: str, allow_unsafe: bool = False, limit: int | None
     ``variables/variables`` by :func:`bnconvert.freeze.freeze`.  ``main_op``, ``legacy_init_op``,
     table initializers and assets are never run.
     """
+    tfproto.tf()
     from tensorflow.core.protobuf import saved_model_pb2
 
     from .freeze import freeze

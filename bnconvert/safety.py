@@ -6,7 +6,8 @@ files, call back into Python, talk to other machines, block on queues forever or
 bnconvert executes user graphs (to verify conversions; TensorFlow's converters run grappler,
 which evaluates constant sub-graphs), so before it does, :func:`check_safe` requires **every** op
 in the graph and in the functions it calls to be on :data:`SAFE_OPS` — pure, stateless compute
-(math, nn, array, image arithmetic, control flow including while-loop frames, ``TensorArrayV3``
+(math, nn, array, image arithmetic, their gradients (checkpoints hold training graphs),
+in-memory summaries, control flow including while-loop frames, ``TensorArrayV3``
 and ``TensorList`` ops, constants, placeholders, quantization arithmetic, CTC decoders, random
 ops) — and refuses anything else, naming the op, unless the user passed ``--allow-unsafe-ops``.
 
@@ -97,6 +98,20 @@ TensorListLength TensorListPushBack TensorListPopBack TensorListElementShape Ten
 TensorListScatter TensorListScatterV2 TensorListScatterIntoExistingList TensorListConcat TensorListConcatV2
 TensorListSplit TensorListResize
 """
+_GRADIENTS = """
+AvgPool3DGrad AvgPoolGrad BatchNormWithGlobalNormalizationGrad BiasAddGrad BlockLSTMGrad BlockLSTMGradV2
+CholeskyGrad CropAndResizeGradBoxes CropAndResizeGradImage EluGrad FakeQuantWithMinMaxArgsGradient
+FakeQuantWithMinMaxVarsGradient FakeQuantWithMinMaxVarsPerChannelGradient FractionalAvgPoolGrad
+FractionalMaxPoolGrad FusedBatchNormGrad FusedBatchNormGradV2 FusedBatchNormGradV3 GRUBlockCellGrad IgammaGradA
+InvGrad LRNGrad LSTMBlockCellGrad LeakyReluGrad MaxPool3DGrad MaxPool3DGradGrad MaxPoolGrad MaxPoolGradGrad
+MaxPoolGradGradV2 MaxPoolGradGradWithArgmax MaxPoolGradV2 MaxPoolGradWithArgmax MirrorPadGrad
+QuantizeAndDequantizeV4Grad RandomGammaGrad ReciprocalGrad Relu6Grad ReluGrad ResizeBicubicGrad
+ResizeBilinearGrad ResizeNearestNeighborGrad RsqrtGrad ScaleAndTranslateGrad SeluGrad SigmoidGrad SoftplusGrad
+SoftsignGrad SqrtGrad StridedSliceGrad TanhGrad TileGrad Conv2DBackpropFilter Conv2DBackpropFilterV2
+Conv3DBackpropFilter Conv3DBackpropFilterV2 DepthwiseConv2dNativeBackpropFilter Dilation2DBackpropFilter
+Dilation2DBackpropInput
+ScalarSummary HistogramSummary MergeSummary TensorSummary TensorSummaryV2 ImageSummary AudioSummaryV2
+"""
 _RANDOM = """
 RandomUniform RandomUniformInt RandomStandardNormal TruncatedNormal Multinomial RandomShuffle RandomGamma
 RandomPoisson RandomPoissonV2 StatelessRandomUniform StatelessRandomUniformV2 StatelessRandomNormal
@@ -108,7 +123,7 @@ StatelessRandomGetKeyCounter StatelessRandomGetAlg StatelessRandomGetKeyCounterA
 #: Every op type bnconvert executes without ``--allow-unsafe-ops`` (plus calls to the graph's own
 #: library functions, which are checked node by node).
 SAFE_OPS: frozenset[str] = frozenset(" ".join((_CONSTANTS_AND_FEEDS, _MATH, _NN, _QUANTIZATION, _ARRAY, _STRINGS,
-                                               _CONTROL_FLOW, _RANDOM)).split())
+                                               _CONTROL_FLOW, _GRADIENTS, _RANDOM)).split())
 
 # Ops named in messages with the reason they are dangerous (everything off SAFE_OPS is refused).
 _FILES = {

@@ -14,6 +14,10 @@ def tf():
 
     TensorFlow's C++ start-up chatter (absl/CUDA probing) goes to file descriptor 2 before any
     logging setting applies; unless TF_CPP_MIN_LOG_LEVEL is 0 it is silenced for the import.
+
+    Importing TensorFlow imports Keras, which creates ``~/.keras/keras.json``; bnconvert writes
+    nothing outside its output folder, so unless the user set ``KERAS_HOME`` it points Keras at
+    a path that cannot be created (Keras then keeps its defaults in memory and writes nothing).
     """
     import sys
 
@@ -21,6 +25,7 @@ def tf():
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("KERAS_HOME", os.path.join(os.devnull, "keras"))
     # TensorFlow's default CPU kernels refuse NCHW Conv2D/Depthwise/Conv2DBackpropInput on CPUs
     # without AVX-512; its oneDNN kernels run them, so NCHW graphs can be verified anywhere.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

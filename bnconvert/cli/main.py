@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     error, code = None, 0
     try:
         with _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
+            if getattr(args, "max_memory", None) is not None:
+                from ..budget import configure
+
+                configure(args.max_memory)
             code = int(args._run(args) or 0)
     except BNConvertError as e:
         if debug:
