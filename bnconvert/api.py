@@ -424,6 +424,8 @@ def _first_failure(report: Report) -> str:
     for runtime, v in report.verification.items():
         if not v.get("ok"):
             for o in v.get("outputs", []):
+                if not o.get("ok") and str(o.get("reason", "")).startswith(("NaN", "inf", "shape", "missing")):
+                    return f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: {o['reason']}"
                 if not o.get("ok"):
                     return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "
                             f"max abs error {o.get('max_abs'):.3g}, max rel error {o.get('max_rel'):.3g} "

@@ -128,8 +128,10 @@ def _read_bytes(path: str) -> bytes:
 
 def _load_graph_file(path: str) -> Model:
     data = _read_bytes(path)
-    gd = tfproto.new_graph_def()
     text = path.endswith((".pbtxt", ".txt"))
+    if text:
+        _text(data, path, "GraphDef")  # refuse deep nesting before importing TensorFlow
+    gd = tfproto.new_graph_def()
     fmt = "pbtxt" if text else "pb"
     if text:
         _parse_text(data, gd, path)
@@ -152,6 +154,16 @@ def _parse_text(data: bytes, gd, path: str, what: str = "GraphDef") -> None:
     (protobuf's Python parser recurses once per level and would hit Python's recursion limit)."""
     from google.protobuf import text_format
 
+    text = _text(data, path, what)
+    try:
+        text_format.Merge(text, gd)
+    except text_format.ParseError as e:
+        raise InputError(f"{path}: text {what} syntax error at {_short(e)}") from e
+    except RecursionError:
+        raise InputError(f"{path}: text {what} nests too deep; refusing to parse it") from None
+
+
+def _text(data: bytes, path: str, what: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -159,12 +171,7 @@ def _parse_text(data: bytes, gd, path: str, what: str = "GraphDef") -> None:
     depth = _max_nesting(text)
     if depth > MAX_TEXT_NESTING:
         raise InputError(f"{path}: text {what} nests {depth} levels deep (more than {MAX_TEXT_NESTING}); refusing to parse it")
-    try:
-        text_format.Merge(text, gd)
-    except text_format.ParseError as e:
-        raise InputError(f"{path}: text {what} syntax error at {_short(e)}") from e
-    except RecursionError:
-        raise InputError(f"{path}: text {what} nests too deep; refusing to parse it") from None
+    return text
 
 
 def _max_nesting(text: str) -> int:
@@ -385,11 +392,11 @@ def _latest_meta(folder: str) -> str:
     """
     from google.protobuf import text_format
 
+    cfile = os.path.join(folder, "checkpoint")
+    data = _read_bytes(cfile)
     tfproto.tf()
     from tensorflow.python.training import checkpoint_state_pb2
 
-    cfile = os.path.join(folder, "checkpoint")
-    data = _read_bytes(cfile)
     state = checkpoint_state_pb2.CheckpointState()
     try:
         text_format.Merge(data.decode("utf-8"), state)
