@@ -9,15 +9,25 @@ import os
 import numpy as np
 
 
+def no_home_state() -> None:
+    """Keep TensorFlow, Keras and onnxruntime from writing state into the user's home folder.
+
+    Importing TensorFlow imports Keras, which creates ``~/.keras/keras.json``; onnxruntime
+    writes a telemetry device id under ``~/.cache/Microsoft``.  bnconvert writes nothing outside
+    its output folder, so unless the user set ``KERAS_HOME``/``XDG_CACHE_HOME`` they point at a
+    path that cannot be created (both libraries then keep their defaults in memory).
+    """
+    unwritable = os.path.join(os.devnull, "bnconvert")
+    os.environ.setdefault("KERAS_HOME", unwritable)
+    os.environ.setdefault("XDG_CACHE_HOME", unwritable)
+
+
 def tf():
     """Import TensorFlow (v1 graph APIs) on first use, quietly.
 
     TensorFlow's C++ start-up chatter (absl/CUDA probing) goes to file descriptor 2 before any
     logging setting applies; unless TF_CPP_MIN_LOG_LEVEL is 0 it is silenced for the import.
-
-    Importing TensorFlow imports Keras, which creates ``~/.keras/keras.json``; bnconvert writes
-    nothing outside its output folder, so unless the user set ``KERAS_HOME`` it points Keras at
-    a path that cannot be created (Keras then keeps its defaults in memory and writes nothing).
+    Nothing is written into HOME (:func:`no_home_state`).
     """
     import sys
 
@@ -25,7 +35,7 @@ def tf():
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("KERAS_HOME", os.path.join(os.devnull, "keras"))
+    no_home_state()
     # TensorFlow's default CPU kernels refuse NCHW Conv2D/Depthwise/Conv2DBackpropInput on CPUs
     # without AVX-512; its oneDNN kernels run them, so NCHW graphs can be verified anywhere.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = getattr(args, "debug", False)
     _quiet_logs(debug)
+    from ..tfproto import no_home_state  # no ~/.keras, no ~/.cache (light: no TensorFlow import)
+
+    no_home_state()
     old = signal.signal(signal.SIGTERM, _sigterm)
     from ..errors import BNConvertError
 
