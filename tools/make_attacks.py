@@ -16,8 +16,8 @@ OUTDIR receives the files plus ``cases.json``: a list of ``{"name", "args", "inp
 for OUTDIR, ``{out}`` for an output folder the caller creates), ``input`` the path whose bytes
 must stay unchanged (null for a pipe or a missing path), ``exit`` the expected exit code,
 ``expect`` strings the single error line must contain (exit 0: none), ``bomb`` whether peak
-memory is the point.  Every hostile write in the corpus targets ``OUTDIR/written_by_model*``, so
-"nothing written" is checked by listing OUTDIR.  Non-UTF-8 names are stored in cases.json with
+memory is the point.  Every hostile write in the corpus targets ``OUTDIR/written_by_model*`` or
+the checkpoint's own files, so "nothing written" is checked by listing OUTDIR and hashing inputs.  Non-UTF-8 names are stored in cases.json with
 Python's surrogateescape (``os.fsencode`` gives back the bytes).
 
 Deterministic; every file is small (the largest is a ~70 KB .meta).
