@@ -194,15 +194,15 @@ def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
     _check_partitions(graph_def, keys)
     reader = BundleReader(prefix, where)
     used = 0
-    resources = set()
+    resources: dict[str, int] = {}
     for n in variables:
         dtype = n.attr["dtype"].type if "dtype" in n.attr else None
         shape = _declared(n)
         value = reader.read(keys.get(n.name, n.name), n.name, dtype, shape, limit - used)
         used += value.nbytes
-        if n.op == "VarHandleOp":
-            resources.add(n.name)
         dt = value.dtype
+        if n.op == "VarHandleOp":
+            resources[n.name] = tfproto.dtype_attr(dt).type
         n.op = "Const"
         n.ClearField("input")
         for a in list(n.attr):
@@ -215,8 +215,30 @@ def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
     return gd
 
 
-def _rewrite_resource_users(gd, resources: set[str], where: str) -> None:
+#: ops that pass a resource handle through unchanged (tf.cond/while_loop route handles via them)
+_PASS_THROUGH = ("Identity", "Switch", "Merge", "Enter", "Exit", "NextIteration", "RefSwitch", "RefIdentity")
+
+
+def _rewrite_resource_users(gd, resources: dict[str, int], where: str) -> None:
+    """Handles routed through Identity/Switch/Enter… now carry the value: retype them (T), then
+    turn each ReadVariableOp of a handle into Identity."""
+    changed = True
+    while changed:
+        changed = False
+        for n in gd.node:
+            if n.name in resources or n.op not in _PASS_THROUGH or "T" not in n.attr or n.attr["T"].type != 20:
+                continue
+            src = [node_name(s) for s in n.input if not s.startswith("^") and node_name(s) in resources]
+            if src:  # a DT_RESOURCE pass-through fed by a frozen handle
+                n.attr["T"].type = resources[src[0]]
+                for a in ("_output_shapes", "_handle_dtypes", "_handle_shapes"):  # described the handle
+                    if a in n.attr:
+                        del n.attr[a]
+                resources[n.name] = resources[src[0]]
+                changed = True
     for n in gd.node:
+        if n.name in resources:
+            continue
         data = [s for s in n.input if not s.startswith("^")]
         if not any(node_name(s) in resources for s in data):
             continue
@@ -225,7 +247,12 @@ def _rewrite_resource_users(gd, resources: set[str], where: str) -> None:
             n.op = "Identity"
             del n.attr["dtype"]
             n.attr["T"].type = dtype
-        elif n.op in _RESOURCE_WRITES:
+        elif n.op == "VariableShape":  # gradients of a resource read: the value's shape
+            var = next(node_name(s) for s in data if node_name(s) in resources)
+            n.op = "Shape"
+            n.attr["T"].type = resources[var]
+        elif n.op in _RESOURCE_WRITES or n.op.startswith(("ResourceApply", "ResourceSparseApply")):
+            # a state update (no outputs) pulled in by a control edge: frozen state is never updated
             ctrl = ["^" + node_name(s) for s in n.input]
             n.op = "NoOp"
             n.ClearField("input")
@@ -234,7 +261,7 @@ def _rewrite_resource_users(gd, resources: set[str], where: str) -> None:
         else:
             var = next(node_name(s) for s in data if node_name(s) in resources)
             raise InputError(f"{where}: node '{n.name}' ({n.op}) uses resource variable '{var}' in a way bnconvert "
-                             "cannot freeze (only ReadVariableOp is supported)")
+                             "cannot freeze (only ReadVariableOp and VariableShape are supported)")
 
 
 def _check_partitions(graph_def, keys: dict[str, str]) -> None:
