@@ -36,9 +36,12 @@ class FoldedModel:
     model: Model
 
 
-def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False) -> Model:
-    """Read a .pb / .pbtxt / checkpoint / SavedModel into a checked, frozen :class:`Model`."""
-    return _load(path, outputs=outputs, allow_unsafe=allow_unsafe)
+def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False,
+         max_memory: int | str | None = None) -> Model:
+    """Read a .pb / .pbtxt / checkpoint / SavedModel into a checked, frozen :class:`Model`.
+
+    ``max_memory``: bytes (or "4G") the decoded constants may take (see :mod:`bnconvert.budget`)."""
+    return _load(path, outputs=outputs, allow_unsafe=allow_unsafe, max_memory=max_memory)
 
 
 def _as_model(model_or_graph_def, allow_unsafe: bool = False) -> Model:
@@ -123,7 +126,7 @@ def convert(path: str, outdir: str | None = None, **options) -> Report:
     ``<stem>.onnx``, ``<stem>.tflite`` and ``<stem>.report.json``.  ``options`` are the CLI's
     (see :mod:`bnconvert.options`): ``to``, ``verify``, ``force``, ``inputs``, ``outputs``,
     ``set_flags``, ``mode``, ``only``, ``opset``, ``batch``, ``input_shapes``, ``data``,
-    ``providers``, ``atol``, ``rtol``, ``allow_unsafe``, ``seed``.  Nothing is left behind on
+    ``providers``, ``atol``, ``rtol``, ``allow_unsafe``, ``seed``, ``max_memory``.  Nothing is left behind on
     failure; when verification fails the files are written and :class:`VerificationError`
     (exit code 1, ``.report`` attached) is raised.
     """
@@ -148,6 +151,7 @@ def compare(
     allow_unsafe: bool = False,
     seed: int = 0,
     raise_on_failure: bool = True,
+    max_memory: int | str | None = None,
 ) -> dict[str, dict]:
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite, made by anything) with ``original``.
 
@@ -157,8 +161,12 @@ def compare(
     """
     from .errors import VerificationError
     from .verify.check import first_failure, verify_converted
+    from . import budget
     from .verify.inputs import resolve_shapes
 
+    budget.check_batch(batch)
+    if max_memory is not None:
+        budget.configure(max_memory)
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
     with _naming(original):

@@ -227,4 +227,4 @@ def check_tensors(g: Graph, tensors: list[str], what: str) -> list[str]:
         if node is None:
             raise InputError(f"{what} '{t}' is not in the graph")
         out.append(tn)
-    return out
+    return list(dict.fromkeys(out))  # "out:0,out" names one tensor once

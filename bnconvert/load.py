@@ -18,9 +18,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from . import tfproto
+from . import budget, tfproto
 from .errors import GraphError, InputError
 from .graph import Graph
+from .safety import check_functions
 
 #: Protocol buffers cannot hold more than 2 GiB; bigger files are refused before parsing.
 MAX_PROTO_BYTES = 2**31 - 1
@@ -61,55 +62,76 @@ class Model:
         return base
 
 
-def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False) -> Model:
+def load(path: str, outputs: list[str] | None = None, allow_unsafe: bool = False,
+         max_memory: int | str | None = None) -> Model:
     """Read ``path`` (any supported format) into a checked, frozen :class:`Model`.
 
-    ``outputs`` only matters for checkpoints: it names what to freeze (default: every node,
-    pruned later to the inference path).  Checkpoints and SavedModels are restored by running
-    their saver's restore op (and a SavedModel's init op), so their graphs are first checked for
-    ops that reach outside the process, beyond the saver's own (``allow_unsafe`` skips this).
+    Nothing from the file is executed: checkpoints and SavedModels are frozen by reading each
+    variable's value from the checkpoint bundle by name (:mod:`bnconvert.freeze`), never by
+    running their restore, init or ``main_op`` ops, and no TensorFlow session is created.
+    ``outputs`` only matters for checkpoints: it names what to freeze (default: every node that
+    is not saver, initializer or training machinery, pruned later to the inference path).
+    ``max_memory`` (bytes or "4G") bounds the decoded constants (default: :mod:`bnconvert.budget`).
+    A frozen checkpoint or SavedModel that still holds file, network or Python-callback ops is
+    refused unless ``allow_unsafe``.  Only regular files are opened (a named pipe or a device is
+    refused, never read); paths may be ``bytes`` or any ``os.PathLike`` (non-UTF-8 names work).
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
+    path = os.fsdecode(os.fspath(path))
+    limit = budget.parse_size(max_memory) if max_memory is not None else budget.limit()
+    if not os.path.lexists(path):
         raise InputError(f"{path}: no such file or directory")
     if os.path.isdir(path):
-        if any(os.path.exists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-            model = _load_saved_model(path, allow_unsafe)
-        elif os.path.exists(os.path.join(path, "checkpoint")):
-            model = _load_checkpoint(_latest_meta(path), outputs, allow_unsafe)
+        if any(os.path.lexists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+            model = _load_saved_model(path, allow_unsafe, limit)
+        elif os.path.lexists(os.path.join(path, "checkpoint")):
+            model = _load_checkpoint(_latest_meta(path), outputs, allow_unsafe, limit)
         else:
             raise InputError(f"{path}: a folder that is neither a SavedModel (no saved_model.pb) nor a checkpoint folder")
     elif path.endswith(".meta"):
-        model = _load_checkpoint(path, outputs, allow_unsafe)
+        model = _load_checkpoint(path, outputs, allow_unsafe, limit)
     else:
         model = _load_graph_file(path)
     gd, repairs = repair_ref_ops(model.graph_def)
     model.graph_def = gd
     model.repairs = repairs
-    check_graph(model.graph_def, path)
+    check_graph(model.graph_def, path, limit)
     return model
 
 
 def _read_bytes(path: str) -> bytes:
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from e
-    if size > MAX_PROTO_BYTES:
-        raise InputError(f"{path}: {size} bytes is over protobuf's 2 GiB limit; split the model or export it as a SavedModel")
-    if size == 0:
+    """The bytes of a regular file (a FIFO or a device is refused before it can block)."""
+    import stat
+
+    from .freeze import require_regular
+
+    st = require_regular(path)
+    if st.st_size > MAX_PROTO_BYTES:
+        raise InputError(f"{path}: {st.st_size} bytes is over protobuf's 2 GiB limit; split the model or export it as a SavedModel")
+    if st.st_size == 0:
         raise InputError(f"{path}: empty file")
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the stat
+            raise InputError(f"{path}: not a regular file; refusing to read it")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            return f.read(MAX_PROTO_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _load_graph_file(path: str) -> Model:
     data = _read_bytes(path)
-    gd = tfproto.new_graph_def()
     text = path.endswith((".pbtxt", ".txt"))
+    if text:
+        _text(data, path, "GraphDef")  # refuse deep nesting before importing TensorFlow
+    gd = tfproto.new_graph_def()
     fmt = "pbtxt" if text else "pb"
     if text:
         _parse_text(data, gd, path)
@@ -123,15 +145,48 @@ def _load_graph_file(path: str) -> Model:
     return Model(gd, path, fmt, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _parse_text(data: bytes, gd, path: str) -> None:
+#: deepest message nesting accepted in a text proto (TensorFlow's own graphs nest < 20 deep)
+MAX_TEXT_NESTING = 100
+
+
+def _parse_text(data: bytes, gd, path: str, what: str = "GraphDef") -> None:
+    """Parse a text proto; nesting deeper than :data:`MAX_TEXT_NESTING` is refused before parsing
+    (protobuf's Python parser recurses once per level and would hit Python's recursion limit)."""
     from google.protobuf import text_format
 
+    text = _text(data, path, what)
     try:
-        text_format.Merge(data.decode("utf-8"), gd)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not a text GraphDef (not UTF-8 text)") from e
+        text_format.Merge(text, gd)
     except text_format.ParseError as e:
-        raise InputError(f"{path}: text GraphDef syntax error at {_short(e)}") from e
+        raise InputError(f"{path}: text {what} syntax error at {_short(e)}") from e
+    except RecursionError:
+        raise InputError(f"{path}: text {what} nests too deep; refusing to parse it") from None
+
+
+def _text(data: bytes, path: str, what: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text {what} (not UTF-8 text)") from e
+    depth = _max_nesting(text)
+    if depth > MAX_TEXT_NESTING:
+        raise InputError(f"{path}: text {what} nests {depth} levels deep (more than {MAX_TEXT_NESTING}); refusing to parse it")
+    return text
+
+
+def _max_nesting(text: str) -> int:
+    """Deepest ``{``/``<`` nesting outside quoted strings and comments (an upper bound is fine)."""
+    import re
+
+    stripped = re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*', "", text)
+    depth = best = 0
+    for ch in re.findall(r"[{}<>]", stripped):
+        if ch in "{<":
+            depth += 1
+            best = max(best, depth)
+        else:
+            depth -= 1
+    return best
 
 
 def _short(e: Exception) -> str:
@@ -139,12 +194,16 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def check_graph(graph_def, path: str = "graph") -> None:
-    """Structural checks that need no execution: names, inputs, known ops, no cycle."""
+def check_graph(graph_def, path: str = "graph", max_memory: int | None = None) -> None:
+    """Structural checks that need no execution: names, inputs, known ops, no cycle, no
+    self-calling function, and constants whose decoded size fits the memory budget — all
+    before TensorFlow imports the graph (its shape inference decodes some constants)."""
     g = Graph(graph_def, copy_nodes=False)  # read-only: no copy of the weights
     for n in g.nodes.values():
         if not n.op:
             raise GraphError(f"{path}: node '{n.name}' has no op type (corrupt GraphDef?)")
+    budget.check_constants(graph_def, path, max_memory)
+    check_functions(graph_def, path)
     _check_inputs(g, path)
     lib_ops = {f.signature.name for f in graph_def.library.function}
     for n in g.nodes.values():
@@ -324,133 +383,125 @@ def _has_ref_type(n) -> bool:
 
 # ---------------------------------------------------------------------- checkpoints
 def _latest_meta(folder: str) -> str:
-    tf = tfproto.tf()
-    prefix = tf.train.latest_checkpoint(folder)
-    if not prefix or not os.path.exists(prefix + ".meta"):
-        raise InputError(f"{folder}: checkpoint folder without a readable .meta graph")
+    """The .meta named by ``folder/checkpoint``, confined to ``folder``.
+
+    The ``checkpoint`` file is parsed here (not by TensorFlow) and only the base name of its
+    ``model_checkpoint_path`` is used: a checkpoint folder that was moved still loads, and a
+    ``checkpoint`` file naming a path elsewhere (``/etc/...``, ``../..``) never makes bnconvert read
+    outside the folder.
+    """
+    from google.protobuf import text_format
+
+    cfile = os.path.join(folder, "checkpoint")
+    data = _read_bytes(cfile)
+    tfproto.tf()
+    from tensorflow.python.training import checkpoint_state_pb2
+
+    state = checkpoint_state_pb2.CheckpointState()
+    try:
+        text_format.Merge(data.decode("utf-8"), state)
+    except (UnicodeDecodeError, text_format.ParseError, RecursionError) as e:
+        raise InputError(f"{cfile}: not a TensorFlow checkpoint state file ({_short(e)})") from None
+    named = state.model_checkpoint_path
+    base = os.path.basename(named.rstrip("/\\"))
+    if not base or base in (".", ".."):
+        raise InputError(f"{cfile}: names no checkpoint (model_checkpoint_path is empty)")
+    prefix = os.path.join(folder, base)
+    if not os.path.lexists(prefix + ".meta"):
+        raise InputError(f"{folder}: checkpoint folder without a readable .meta graph ({base}.meta missing)")
     return prefix + ".meta"
 
 
-_SAVER_OPS = {"SaveV2", "RestoreV2", "Save", "Restore", "RestoreSlice", "SaveSlices", "MergeV2Checkpoints", "ShardedFilename", "StringJoin"}
+def _check_outside(graph_def, where: str, allow_unsafe: bool) -> None:
+    """Refuse a frozen checkpoint/SavedModel graph that still holds ops reaching outside the process.
 
-
-def _check_restorable(meta_graph, where: str, allow_unsafe: bool) -> None:
-    """Refuse to restore a graph holding unsafe ops other than its saver's (save/RestoreV2...)."""
+    Freezing runs nothing, so this is not about loading; it keeps an author's file or network op
+    that is wired into the kept graph from being carried on (pass --allow-unsafe-ops to keep it).
+    """
     if allow_unsafe:
         return
     from .errors import UnsafeGraphError
-    from .safety import find_unsafe_ops
+    from .safety import find_outside_ops
 
-    saver_scope = meta_graph.saver_def.filename_tensor_name.split("/")[0] + "/" if meta_graph.HasField("saver_def") else None
-    for name, op in find_unsafe_ops(meta_graph.graph_def):
-        if saver_scope and name.startswith(saver_scope) and op in _SAVER_OPS | {"SaveV2", "RestoreV2"}:
-            continue
+    found = find_outside_ops(graph_def)
+    if found:
+        name, op = found[0]
         raise UnsafeGraphError(f"{where}: holds op {op} (node '{name}') that reads or writes outside the process; "
-                               "refusing to restore it (pass --allow-unsafe-ops to load it anyway)")
+                               "refusing to load it (pass --allow-unsafe-ops to load it anyway)")
 
 
-def _load_checkpoint(meta_path: str, outputs: list[str] | None, allow_unsafe: bool = False) -> Model:
-    tf = tfproto.tf()
-    data = _read_bytes(meta_path)
+def _load_checkpoint(meta_path: str, outputs: list[str] | None, allow_unsafe: bool = False,
+                     limit: int | None = None) -> Model:
+    tfproto.tf()
     from tensorflow.core.protobuf import meta_graph_pb2
 
+    from .freeze import default_keep, freeze
+
+    data = _read_bytes(meta_path)
     meta = meta_graph_pb2.MetaGraphDef()
     try:
         meta.ParseFromString(data)
     except Exception as e:
         raise InputError(f"{meta_path}: not a TF1 MetaGraphDef ({_short(e)})") from e
-    _check_restorable(meta, meta_path, allow_unsafe)
     prefix = meta_path[: -len(".meta")]
-    if not (os.path.exists(prefix + ".index") or os.path.exists(prefix)):
+    if not (os.path.lexists(prefix + ".index") or os.path.lexists(prefix)):
         raise InputError(f"{meta_path}: no variables beside it ({os.path.basename(prefix)}.index missing)")
-    graph = tf.Graph()
-    try:
-        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-            saver = tf.compat.v1.train.import_meta_graph(meta_path, clear_devices=True)
-            if saver is None:
-                raise InputError(f"{meta_path}: the graph has no variables to restore")
-            saver.restore(sess, prefix)
-            gd = graph.as_graph_def()
-            frozen = _freeze(tf, sess, gd, outputs)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{meta_path}: cannot restore the checkpoint ({_short(e)})") from e
+    gd = meta.graph_def
+    check_functions(gd, meta_path)
+    keep = sorted({o.split(":")[0] for o in outputs}) if outputs else default_keep(gd, _saver_scope(meta))
+    frozen = freeze(gd, prefix, keep, meta_path, budget.limit() if limit is None else limit)
+    _check_outside(frozen, meta_path, allow_unsafe)
     return Model(frozen, meta_path, "checkpoint", sha256=hashlib.sha256(data).hexdigest())
 
 
-def _freeze(tf, sess, gd, outputs):
-    """Variables → constants, keeping every node that is not saver/initializer machinery."""
-    if outputs:
-        keep = sorted({o.split(":")[0] for o in outputs})
-    else:
-        saver_scopes = {n.name.split("/")[0] for n in gd.node if n.op in _SAVER_OPS}
-        keep = []
-        for n in gd.node:
-            scope = n.name.split("/")[0]
-            if scope in saver_scopes or n.op in _SAVER_OPS or n.name.endswith("/Assign") or n.op == "NoOp":
-                continue
-            if n.op.startswith(("Assign", "Apply", "ResourceApply", "AssignVariable")):
-                continue
-            keep.append(n.name)
-    known = {n.name for n in gd.node}
-    missing = [k for k in keep if k not in known]
-    if missing:
-        raise InputError(f"output '{missing[0]}' is not in the graph")
-    with _quiet():
-        return tf.compat.v1.graph_util.convert_variables_to_constants(sess, gd, keep)
+def _saver_scope(meta) -> str | None:
+    if not meta.HasField("saver_def"):
+        return None
+    return meta.saver_def.filename_tensor_name.split("/")[0] or None
 
 
-class _quiet:
-    """Silence TensorFlow's deprecation logging for one call."""
+def _load_saved_model(folder: str, allow_unsafe: bool = False, limit: int | None = None) -> Model:
+    """A TF1 SavedModel (``saved_model.pb`` or ``saved_model.pbtxt``), frozen from its variables bundle.
 
-    def __enter__(self):
-        import logging
-
-        self._logger = logging.getLogger("tensorflow")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-
-
-def _load_saved_model(folder: str, allow_unsafe: bool = False) -> Model:
-    tf = tfproto.tf()
+    The meta graph tagged ``serve`` and its signature ``serving_default`` (or the only/first one)
+    give the graph, inputs and outputs; the sub-graph for them is frozen from
+    ``variables/variables`` by :func:`bnconvert.freeze.freeze`.  ``main_op``, ``legacy_init_op``,
+    table initializers and assets are never run.
+    """
+    tfproto.tf()
     from tensorflow.core.protobuf import saved_model_pb2
 
+    from .freeze import freeze
+
+    sm = saved_model_pb2.SavedModel()
     pb = os.path.join(folder, "saved_model.pb")
-    if os.path.exists(pb):
-        sm = saved_model_pb2.SavedModel()
+    if os.path.lexists(pb):
+        data = _read_bytes(pb)
         try:
-            sm.ParseFromString(_read_bytes(pb))
-        except InputError:
-            raise
+            sm.ParseFromString(data)
         except Exception as e:
             raise InputError(f"{folder}: saved_model.pb is not a SavedModel ({_short(e)})") from e
-        for mg in sm.meta_graphs:
-            if "serve" in mg.meta_info_def.tags:
-                _check_restorable(mg, folder, allow_unsafe)
-    graph = tf.Graph()
-    try:
-        with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], folder)
-            sigs = dict(meta.signature_def)
-            if not sigs:
-                raise InputError(f"{folder}: SavedModel has no signature")
-            sig = sigs.get("serving_default") or sigs[sorted(sigs)[0]]
-            inputs = [v.name for _, v in sorted(sig.inputs.items())]
-            outputs = [v.name for _, v in sorted(sig.outputs.items())]
-            gd = graph.as_graph_def()
-            frozen = _freeze(tf, sess, gd, outputs + inputs)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{folder}: cannot load the SavedModel with tag 'serve' ({_short(e)})") from e
-    digest = hashlib.sha256()
-    for name in ("saved_model.pb", "saved_model.pbtxt"):
-        p = os.path.join(folder, name)
-        if os.path.exists(p):
-            with open(p, "rb") as f:
-                digest.update(f.read())
-    return Model(frozen, folder, "savedmodel", inputs=inputs, outputs=outputs, sha256=digest.hexdigest())
+    else:
+        pb = os.path.join(folder, "saved_model.pbtxt")
+        data = _read_bytes(pb)
+        _parse_text(data, sm, pb, "SavedModel")
+    graphs = [mg for mg in sm.meta_graphs if "serve" in mg.meta_info_def.tags]
+    if not graphs:
+        tags = sorted({t for mg in sm.meta_graphs for t in mg.meta_info_def.tags})
+        raise InputError(f"{folder}: no meta graph with tag 'serve' (tags: {', '.join(tags) or 'none'})")
+    mg = graphs[0]
+    sigs = dict(mg.signature_def)
+    if not sigs:
+        raise InputError(f"{folder}: SavedModel has no signature")
+    sig = sigs.get("serving_default") or sigs[sorted(sigs)[0]]
+    inputs = [v.name for _, v in sorted(sig.inputs.items())]
+    outputs = [v.name for _, v in sorted(sig.outputs.items())]
+    if not outputs:
+        raise InputError(f"{folder}: the signature names no outputs")
+    gd = mg.graph_def
+    check_functions(gd, folder)
+    prefix = os.path.join(folder, "variables", "variables")
+    keep = sorted({t.split(":")[0] for t in outputs + inputs})
+    frozen = freeze(gd, prefix, keep, folder, budget.limit() if limit is None else limit)
+    _check_outside(frozen, folder, allow_unsafe)
+    return Model(frozen, folder, "savedmodel", inputs=inputs, outputs=outputs, sha256=hashlib.sha256(data).hexdigest())

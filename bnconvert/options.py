@@ -62,6 +62,8 @@ class ConvertOptions:
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     force: bool = False
     allow_unsafe: bool = False
+    #: bytes (or "4G") the decoded constants and inputs may take (bnconvert.budget)
+    max_memory: int | str | None = None
 
     _GROUPS = ("analysis", "fold", "export", "verify")
 
@@ -70,7 +72,7 @@ class ConvertOptions:
         """Sort flat keyword arguments (``to=…, atol=…``) into their groups."""
         opts = cls()
         for key, value in kwargs.items():
-            if key in ("force", "allow_unsafe"):
+            if key in ("force", "allow_unsafe", "max_memory"):
                 setattr(opts, key, value)
                 continue
             for group in cls._GROUPS:

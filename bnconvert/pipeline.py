@@ -51,7 +51,12 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
     """Run the whole conversion of the model file ``path`` into ``outdir``; returns the Report."""
     from . import api
 
+    from . import budget
+
     exp, ver, ana = opts.export, opts.verify, opts.analysis
+    budget.check_batch(exp.batch)
+    if opts.max_memory is not None:
+        budget.configure(opts.max_memory)
     exp.to = check_formats(exp.to)
     paths = output_paths(path, outdir, exp.to)
     if not os.path.exists(path):
@@ -77,7 +82,10 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
     report.timings = {"load": load_s, **report.timings}
     tmp = None
     try:
-        tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+        try:
+            tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
+        except OSError as e:
+            raise OutputError(f"{outdir}: cannot write into the output folder ({e.strerror})") from None
         with naming(path):
             staged = _export_all(folded, exp, tmp, paths, report)
             if ver.verify:

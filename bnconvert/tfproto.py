@@ -9,11 +9,25 @@ import os
 import numpy as np
 
 
+def no_home_state() -> None:
+    """Keep TensorFlow, Keras and onnxruntime from writing state into the user's home folder.
+
+    Importing TensorFlow imports Keras, which creates ``~/.keras/keras.json``; onnxruntime
+    writes a telemetry device id under ``~/.cache/Microsoft``.  bnconvert writes nothing outside
+    its output folder, so unless the user set ``KERAS_HOME``/``XDG_CACHE_HOME`` they point at a
+    path that cannot be created (both libraries then keep their defaults in memory).
+    """
+    unwritable = os.path.join(os.devnull, "bnconvert")
+    os.environ.setdefault("KERAS_HOME", unwritable)
+    os.environ.setdefault("XDG_CACHE_HOME", unwritable)
+
+
 def tf():
     """Import TensorFlow (v1 graph APIs) on first use, quietly.
 
     TensorFlow's C++ start-up chatter (absl/CUDA probing) goes to file descriptor 2 before any
     logging setting applies; unless TF_CPP_MIN_LOG_LEVEL is 0 it is silenced for the import.
+    Nothing is written into HOME (:func:`no_home_state`).
     """
     import sys
 
@@ -21,6 +35,7 @@ def tf():
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    no_home_state()
     # TensorFlow's default CPU kernels refuse NCHW Conv2D/Depthwise/Conv2DBackpropInput on CPUs
     # without AVX-512; its oneDNN kernels run them, so NCHW graphs can be verified anywhere.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -55,7 +70,13 @@ def new_graph_def():
     return graph_def_class()()
 
 
-def make_ndarray(tensor_proto) -> np.ndarray:
+def make_ndarray(tensor_proto, what: str = "constant") -> np.ndarray:
+    """Decode a TensorProto; its decoded size (from the declared shape and dtype) is checked
+    against the memory budget first (:mod:`bnconvert.budget`), so a tiny proto declaring a huge
+    shape is refused instead of allocated."""
+    from .budget import check_tensor
+
+    check_tensor(tensor_proto, what)
     tf()
     from tensorflow.python.framework import tensor_util
 

@@ -9,6 +9,8 @@ def add_model_arguments(p) -> None:
     p.add_argument("--outputs", help="comma-separated output tensors (default: found from the graph)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                    help="set a training flag (default: every flag that selects a BN cond is set false)")
+    p.add_argument("--max-memory", metavar="BYTES",
+                   help="memory budget for the model's constants and the inputs, e.g. 4G (default: min(8G, half the RAM))")
 
 
 def add_verify_arguments(p) -> None:

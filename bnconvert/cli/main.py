@@ -56,12 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = getattr(args, "debug", False)
     _quiet_logs(debug)
+    from ..tfproto import no_home_state  # no ~/.keras, no ~/.cache (light: no TensorFlow import)
+
+    no_home_state()
     old = signal.signal(signal.SIGTERM, _sigterm)
     from ..errors import BNConvertError
 
     error, code = None, 0
     try:
         with _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
+            if getattr(args, "max_memory", None) is not None:
+                from ..budget import configure
+
+                configure(args.max_memory)
             code = int(args._run(args) or 0)
     except BNConvertError as e:
         if debug:

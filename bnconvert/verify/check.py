@@ -116,6 +116,8 @@ def first_failure(verification: dict) -> str:
     for runtime, v in verification.items():
         if not v.get("ok"):
             for o in v.get("outputs", []):
+                if not o.get("ok") and str(o.get("reason", "")).startswith(("NaN", "inf", "shape", "missing")):
+                    return f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: {o['reason']}"
                 if not o.get("ok"):
                     return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "
                             f"max abs error {o.get('max_abs'):.3g}, max rel error {o.get('max_rel'):.3g} "
@@ -135,7 +137,8 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
-    ins, outs, flags = analysis.inputs, analysis.outputs, analysis.training_flags
+    ins, outs = analysis.inputs, analysis.outputs
+    flags = getattr(analysis, "training_flags", None) or getattr(analysis, "flags", None) or {}
     with naming(model.path):
         feeds = make_feeds(model.graph_def, ins, shapes, vopts.data, vopts.seed)
         ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path)

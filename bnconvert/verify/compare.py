@@ -115,6 +115,17 @@ def _as_float(a: np.ndarray) -> np.ndarray:
     raise TypeError(f"cannot compare outputs of dtype {a.dtype}")
 
 
+def _nonfinite_reason(r: np.ndarray, c: np.ndarray) -> str:
+    """Name a NaN/inf disagreement as such (finite parts may agree exactly: max abs error 0)."""
+    rn, cn = np.isnan(r), np.isnan(c)
+    extra, lost = int(np.sum(cn & ~rn)), int(np.sum(rn & ~cn))
+    if extra or lost:
+        parts = ([f"{extra} NaN where the reference has none"] if extra else []) + \
+                ([f"{lost} NaN where the reference is a number"] if lost else [])
+        return "NaN mismatch: " + ", ".join(parts)
+    return f"inf mismatch: {int(np.sum((np.isinf(r) | np.isinf(c)) & (r != c)))} infinite values differ"
+
+
 def compare_output(name: str, reference, candidate, atol: float = DEFAULT_ATOL,
                    rtol: float = DEFAULT_RTOL) -> OutputStats:
     """Statistics and verdict for one output (see the module docstring for the rule)."""
@@ -137,10 +148,7 @@ def compare_output(name: str, reference, candidate, atol: float = DEFAULT_ATOL,
     reason = ""
     nonfinite_ok = np.array_equal(r_fin, c_fin) and np.array_equal(r[~r_fin], c[~c_fin], equal_nan=True)
     if not nonfinite_ok:
-        if np.any(np.isnan(c) & ~np.isnan(r)):
-            reason = "NaN where the reference has none"
-        else:
-            reason = "non-finite values differ from the reference"
+        reason = _nonfinite_reason(r, c)
     both = r_fin & c_fin
     if both.any():
         diff = np.abs(r[both] - c[both])

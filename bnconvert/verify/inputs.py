@@ -119,6 +119,9 @@ def resolve_shapes(graph_def, inputs, overrides: dict[str, list[int]] | None = N
             raise InputError(f"input '{name}' has unknown dim {missing[0]} in {_fmt_shape(declared)}; give "
                              f"its shape with --input-shape {op_name(name)}=D0,D1,...")
         out[name] = shape
+    from bnconvert.budget import check_inputs  # sizes from --batch/--input-shape, before allocating
+
+    check_inputs(out, {n: _TF_DTYPES.get(_node(graph_def, n).attr["dtype"].type, np.float64) for n in inputs})
     return out
 
 
@@ -163,6 +166,9 @@ def match_keys(wanted: list[str], keys, prefix: str) -> dict[str, str]:
 def load_npz(path) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise InputError(f"no such file: {path}")
+    from bnconvert.budget import check_npz  # headers only: refuse declared sizes over the budget
+
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -29,6 +29,14 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _strip0(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
@@ -134,6 +142,9 @@ def onnx_session(path_or_bytes, provider: str = "cpu"):
         model = os.fspath(model)
     if isinstance(model, str) and not os.path.isfile(model):
         raise InputError(f"no such ONNX model: {model}")
+    if isinstance(model, str) and not _utf8(model):  # onnxruntime takes UTF-8 paths only
+        with open(model, "rb") as f:
+            model = f.read()
     if provider == "cuda":
         if ONNX_PROVIDERS["cuda"] not in ort.get_available_providers():
             raise InputError("the CUDA execution provider is not available in this onnxruntime "
@@ -195,6 +206,9 @@ def tflite_interpreter(path_or_bytes):
         else {"model_path": os.fspath(path_or_bytes)}
     if "model_path" in kwargs and not os.path.isfile(kwargs["model_path"]):
         raise InputError(f"no such TFLite model: {kwargs['model_path']}")
+    if "model_path" in kwargs and not _utf8(kwargs["model_path"]):  # a non-UTF-8 file name: pass the bytes
+        with open(kwargs.pop("model_path"), "rb") as f:
+            kwargs["model_content"] = f.read()
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
