@@ -302,23 +302,106 @@ def _copy_repo(root: str) -> str:
     return dst
 
 
+def _env(workdir: str) -> dict:
+    """What tests/conftest.py sets, set before TensorFlow is imported (the fork server imports it
+    before conftest runs; NCHW convs run on CPU only with oneDNN)."""
+    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    return env | dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=workdir, PYTHONHASHSEED="0")
+
+
+_PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
+
+
 def run_tests(workdir: str, tests: list[str], timeout: float) -> tuple[str, float, str]:
-    """("passed" | "failed" | "timeout", seconds, last output lines)."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=workdir,
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    """One fresh ``python -m pytest`` (``--no-fork``): ("passed" | "failed" | "timeout", s, tail)."""
+    cmd = [sys.executable, "-m", "pytest", *_PYTEST_ARGS, *tests]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return "timeout", time.monotonic() - t0, ""
-    dt = time.monotonic() - t0
     tail = "\n".join(out.strip().splitlines()[-3:])
-    return ("passed" if proc.returncode == 0 else "failed"), dt, tail
+    return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - t0, tail
+
+
+class ForkServer:
+    """A worker process that imports TensorFlow, numpy and pytest once, then forks a child per
+    mutant that runs ``pytest.main`` in the worker's copy.  Importing TensorFlow costs 5-40 s on
+    a loaded machine, the tests of one mutant often less: this makes a run several times faster.
+    bnconvert itself is never imported by the server, so each child imports the mutated code."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", workdir],
+                                     cwd=workdir, env=_env(workdir), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("mutation fork server did not start")
+
+    def run(self, tests: list[str], timeout: float) -> tuple[str, float, str]:
+        self.proc.stdin.write(json.dumps({"tests": tests, "timeout": timeout}) + "\n")
+        self.proc.stdin.flush()
+        r = json.loads(self.proc.stdout.readline())
+        return r["status"], r["seconds"], r["tail"]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except Exception:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def serve(workdir: str) -> int:
+    """The fork server's loop (``--serve WORKDIR``): one JSON request per line on stdin."""
+    sys.dont_write_bytecode = True
+    os.chdir(workdir)
+    with open(os.devnull, "w") as quiet:  # TensorFlow's import chatter must not reach the pipe
+        saved = os.dup(1)
+        os.dup2(quiet.fileno(), 1)
+        import numpy  # noqa: F401
+        import pytest  # noqa: F401
+        import tensorflow  # noqa: F401
+        os.dup2(saved, 1)
+    print("ready", flush=True)
+    log_path = os.path.join(workdir, ".mutate-run.log")
+    for line in sys.stdin:
+        req = json.loads(line)
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # child: own session (its subprocesses die with it), output to a file
+            os.setsid()
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.path[:0] = [workdir, os.path.join(workdir, "tests")]
+            try:
+                rc = int(pytest.main(_PYTEST_ARGS + req["tests"]))
+            except BaseException:
+                rc = 99
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        status = None
+        while status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = "passed" if os.waitstatus_to_exitcode(st) == 0 else "failed"
+            elif time.monotonic() - t0 > req["timeout"]:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = "timeout"
+            else:
+                time.sleep(0.05)
+        with open(log_path, errors="replace") as f:
+            tail = "\n".join(f.read().strip().splitlines()[-3:])
+        print(json.dumps({"status": status, "seconds": time.monotonic() - t0, "tail": tail}), flush=True)
+    return 0
 
 
 def load_equivalent(path: str | None) -> list[dict]:
@@ -363,8 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="seconds per mutant (default 3x the unmutated run + 15)")
     ap.add_argument("--equivalent", default=EQUIVALENT_FILE, help="JSON list of known equivalent mutants")
     ap.add_argument("--json", help="write the full result here")
+    ap.add_argument("--no-fork", action="store_true", help="a fresh python per mutant (slower; no fork server)")
     ap.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve(args.serve)
 
     root = os.path.abspath(args.root)
     modules = args.modules or [m for m in DEFAULT_MODULES if os.path.exists(os.path.join(root, m))]
@@ -402,13 +489,24 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
     t_start = time.monotonic()
     jobs = max(1, args.jobs)
-    copies = [_copy_repo(root) for _ in range(jobs)]
+    copies, servers = [], []
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # so the temporary copies are removed on kill
     try:
-        # unmutated run, once per distinct test set (in the first copy)
+        copies = [_copy_repo(root) for _ in range(jobs)]
+        if args.no_fork:
+            runners = [lambda tests, timeout, c=c: run_tests(c, tests, timeout) for c in copies]
+        else:
+            servers = [ForkServer(c) for c in copies]
+            runners = [srv.run for srv in servers]
+        # the unmutated run, once per distinct test set, must pass
         test_sets = {m: tests_for(m, args.tests, root) for m in texts}
         base_time = 0.0
-        for tests in {tuple(t) for t in test_sets.values()}:
-            status, dt, tail = run_tests(copies[0], list(tests), 1800)
+        for tests in sorted({tuple(t) for t in test_sets.values()}):
+            status, dt, tail = runners[0](list(tests), 1800)
             if status != "passed":
                 print(f"mutate: error: the unmutated tests fail ({' '.join(tests)}):\n{tail}", file=sys.stderr)
                 return 1
@@ -418,24 +516,24 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
               f"{len(chosen)} mutants, {jobs} workers", flush=True)
 
         free: queue.Queue = queue.Queue()
-        for c in copies:
-            free.put(c)
+        for c, r in zip(copies, runners):
+            free.put((c, r))
 
         def one(site: Site) -> dict:
             new = mutate_source(site.module, texts[site.module], site.index)
             rec = asdict(site) | {"id": site.id}
             if new is None:
                 return rec | {"status": "invalid", "seconds": 0.0}
-            work = free.get()
+            work, runner = free.get()
             path = os.path.join(work, site.module)
             try:
                 with open(path, "w") as f:
                     f.write(new)
-                status, dt, tail = run_tests(work, test_sets[site.module], timeout)
+                status, dt, tail = runner(test_sets[site.module], timeout)
             finally:
                 with open(path, "w") as f:
                     f.write(texts[site.module])
-                free.put(work)
+                free.put((work, runner))
             status = {"passed": "survived", "failed": "killed"}.get(status, status)
             eq = is_equivalent(site, equivalent)
             return rec | {"status": status, "seconds": round(dt, 2), "tail": tail if status == "survived" else "",
@@ -448,6 +546,8 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
                 print(f"[{i}/{len(chosen)}] {rec['status']:8s} {rec['id']} {rec['module']}:{rec['line']} "
                       f"{rec['what']}  ({rec['seconds']:.0f} s)", flush=True)
     finally:
+        for srv in servers:
+            srv.close()
         for c in copies:
             shutil.rmtree(c, ignore_errors=True)
 
@@ -460,6 +560,7 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
                        "wall_seconds": round(time.monotonic() - t_start, 1), "summary": summary,
                        "survivors": [r for r in results if r["status"] == "survived"], "mutants": results},
                       f, indent=1)
+    print(f"wall time {time.monotonic() - t_start:.0f} s")
     return 0
 
 
