@@ -404,6 +404,15 @@ def serve(workdir: str) -> int:
     return 0
 
 
+def _previous_kills(path: str | None) -> dict:
+    """(id, source, mutation) -> result, for the mutants an earlier run killed or timed out."""
+    if not path:
+        return {}
+    with open(path) as f:
+        old = json.load(f)["mutants"]
+    return {(r["id"], r["source"], r["what"]): r for r in old if r["status"] in ("killed", "timeout")}
+
+
 def load_equivalent(path: str | None) -> list[dict]:
     if not path or not os.path.exists(path):
         return []
@@ -446,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="seconds per mutant (default 3x the unmutated run + 15)")
     ap.add_argument("--equivalent", default=EQUIVALENT_FILE, help="JSON list of known equivalent mutants")
     ap.add_argument("--json", help="write the full result here")
+    ap.add_argument("--previous", help="JSON of an earlier run: mutants it killed (same id, source line and "
+                    "mutation) are not run again (tests were only added), the rest are")
     ap.add_argument("--no-fork", action="store_true", help="a fresh python per mutant (slower; no fork server)")
     ap.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -515,6 +526,7 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
         print(f"unmutated run: {base_time:.1f} s; per-mutant timeout {timeout:.0f} s; "
               f"{len(chosen)} mutants, {jobs} workers", flush=True)
 
+        previous = _previous_kills(args.previous)
         free: queue.Queue = queue.Queue()
         for c, r in zip(copies, runners):
             free.put((c, r))
@@ -522,6 +534,9 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
         def one(site: Site) -> dict:
             new = mutate_source(site.module, texts[site.module], site.index)
             rec = asdict(site) | {"id": site.id}
+            old = previous.get((site.id, site.source, site.what))
+            if old is not None:
+                return rec | {"status": old["status"], "seconds": 0.0, "reused": True}
             if new is None:
                 return rec | {"status": "invalid", "seconds": 0.0}
             work, runner = free.get()
@@ -543,8 +558,9 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
         with cf.ThreadPoolExecutor(jobs) as ex:
             for i, rec in enumerate(ex.map(one, chosen), 1):
                 results.append(rec)
-                print(f"[{i}/{len(chosen)}] {rec['status']:8s} {rec['id']} {rec['module']}:{rec['line']} "
-                      f"{rec['what']}  ({rec['seconds']:.0f} s)", flush=True)
+                if not rec.get("reused"):
+                    print(f"[{i}/{len(chosen)}] {rec['status']:8s} {rec['id']} {rec['module']}:{rec['line']} "
+                          f"{rec['what']}  ({rec['seconds']:.0f} s)", flush=True)
     finally:
         for srv in servers:
             srv.close()
