@@ -210,3 +210,73 @@ def test_bn_chain_folds_into_one_conv():
     assert res.report.bn["folded"] == 2, res.report.layer_table()
     assert not {"FusedBatchNormV3", "Mul"} & set(ops(res.graph_def))
     assert_same(gd, res.graph_def, {"x:0": rng.normal(size=X_SHAPE["NHWC"]).astype(np.float32)}, ["out:0"])
+
+
+def _fold_and_compare(gd, feeds, outputs, **kw):
+    res = bnconvert.fold(gd, inputs=sorted(feeds), outputs=outputs, **kw)
+    assert_same(gd, res.graph_def, feeds, outputs)
+    return res
+
+
+@pytest.mark.parametrize("shape", [(), (C_OUT, 1)])
+def test_add_of_a_constant_that_is_not_per_channel(shape):
+    """Conv → Add(scalar) → BN, and Conv → Add(c[C, 1]) → BN with width == channels (the
+    constant runs along the width): neither constant is a per-channel bias."""
+    rng = np.random.default_rng(8)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, (2, 5, C_OUT, C_IN), name="x")
+        y, c = _producer("NHWC", x, rng)
+        yb = tf.raw_ops.AddV2(x=y, y=tf.constant(rng.normal(size=shape).astype(np.float32)), name="add")
+        tf.nn.relu(_bn("NHWC", yb, c, "fused", rng), name="out")
+    _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=(2, 5, C_OUT, C_IN)).astype(np.float32)}, ["out:0"])
+
+
+def test_bias_add_layout_differs_from_the_bn():
+    """NCHW conv → BiasAdd NHWC (adds along the width, width == channels) → BN NCHW."""
+    rng = np.random.default_rng(9)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NCHW_w4"], name="x")
+        y, c = _producer("NCHW_w4", x, rng)
+        yb = tf.nn.bias_add(y, tf.constant(rng.normal(size=c).astype(np.float32)), data_format="NHWC", name="bias")
+        tf.nn.relu(_bn("NCHW_w4", yb, c, "fused", rng), name="out")
+    res = _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=X_SHAPE["NCHW_w4"]).astype(np.float32)},
+                            ["out:0"])
+    assert res.report.bn["scale_shift"] == 1
+
+
+@pytest.mark.parametrize("what", ["weights", "bias"])
+def test_non_constant_weights_or_bias_are_not_folded(what):
+    rng = np.random.default_rng(10)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        if what == "weights":
+            w = v1.placeholder(tf.float32, (3, 3, C_IN, C_OUT), name="w_feed")
+            y = tf.nn.conv2d(x, w, 1, "SAME", name="prod")
+            yb = tf.nn.bias_add(y, tf.constant(rng.normal(size=C_OUT).astype(np.float32)), name="bias")
+        else:
+            y, _ = _producer("NHWC", x, rng)
+            yb = tf.nn.bias_add(y, v1.placeholder(tf.float32, (C_OUT,), name="b_feed"), name="bias")
+        tf.nn.relu(_bn("NHWC", yb, C_OUT, "fused", rng), name="out")
+    feeds = {"x:0": rng.normal(size=X_SHAPE["NHWC"]).astype(np.float32)}
+    if what == "weights":
+        feeds["w_feed:0"] = rng.normal(size=(3, 3, C_IN, C_OUT)).astype(np.float32)
+    else:
+        feeds["b_feed:0"] = rng.normal(size=C_OUT).astype(np.float32)
+    res = _fold_and_compare(g.as_graph_def(), feeds, ["out:0"])
+    assert res.report.bn["scale_shift"] == 1 and "not constant" in res.report.layers[0]["reason"]
+
+
+def test_dense_reshaped_to_a_vector_before_the_bn():
+    """MatMul [1, C] → Reshape [C] → decomposed BN: the reshape keeps the channels last."""
+    rng = np.random.default_rng(11)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, (1, C_IN), name="x")
+        y, c = _producer("dense", x, rng)
+        r = tf.reshape(y, [c], name="flat")
+        tf.nn.relu(_bn("dense", r, c, "decomposed", rng), name="out")
+    res = _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=(1, C_IN)).astype(np.float32)}, ["out:0"])
+    assert res.report.bn["folded"] == 1, res.report.layer_table()
