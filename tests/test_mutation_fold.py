@@ -280,3 +280,53 @@ def test_dense_reshaped_to_a_vector_before_the_bn():
         tf.nn.relu(_bn("dense", r, c, "decomposed", rng), name="out")
     res = _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=(1, C_IN)).astype(np.float32)}, ["out:0"])
     assert res.report.bn["folded"] == 1, res.report.layer_table()
+
+
+@pytest.mark.parametrize("target", ["const", "shape_of_input"])
+def test_rank2_reshape_pair_is_collapsed(target):
+    """MatMul → BiasAdd → Reshape [-1,1,1,C] → fused BN → Reshape back (to [-1, C] or, as contrib
+    does, to Shape(input)): after folding no Reshape is left."""
+    rng = np.random.default_rng(12)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, (None, C_IN), name="x")  # unknown batch: tf.shape is an op
+        y, c = _producer("dense", x, rng)
+        yb = _bias("dense", y, "biasadd", c, rng)
+        gamma, beta, mean, var = _bn_params(c, rng)
+        y4 = tf.reshape(yb, [-1, 1, 1, c], name="bn/Reshape")
+        z = v1.nn.fused_batch_norm(y4, gamma, beta, mean=mean, variance=var, is_training=False,
+                                   name="bn/FusedBatchNormV3")[0]
+        back = tf.constant([-1, c]) if target == "const" else tf.shape(yb)
+        tf.nn.relu(tf.reshape(z, back, name="bn/Reshape_1"), name="out")
+        tf.reshape(z, [1, -1], name="flat")  # another 2-D reshape, not the way back: it stays
+    outputs = ["out:0", "flat:0"]
+    res = _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=(2, C_IN)).astype(np.float32)}, outputs)
+    assert res.report.bn["folded"] == 1
+    assert "bn/Reshape_1" not in Graph(res.graph_def).nodes, ops(res.graph_def)
+
+
+@pytest.mark.parametrize("port", [1, 2, 3, 5])
+def test_fused_side_outputs(port):
+    """Outputs 1/2 (batch mean/variance = the moving ones in inference) may be used; a used
+    reserve-space output (3-5) stops the fold with a clear error."""
+    from bnconvert.errors import UnsupportedError
+
+    rng = np.random.default_rng(13)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        y, c = _producer("NHWC", x, rng)
+        gamma, beta, mean, var = _bn_params(c, rng)
+        outs = v1.nn.fused_batch_norm(y, gamma, beta, mean=mean, variance=var, is_training=False,
+                                      name="bn/FusedBatchNormV3")
+        tf.nn.relu(outs[0], name="out")
+        bn = outs[0].op
+        tf.identity(bn.outputs[port], name="side")
+    gd = g.as_graph_def()
+    feeds = {"x:0": rng.normal(size=X_SHAPE["NHWC"]).astype(np.float32)}
+    if port >= 3:
+        with pytest.raises(UnsupportedError, match=f"reserve-space output {port}"):
+            bnconvert.fold(gd, inputs=["x:0"], outputs=["out:0", "side:0"])
+    else:
+        res = _fold_and_compare(gd, feeds, ["out:0", "side:0"])
+        assert res.report.bn["folded"] == 1
