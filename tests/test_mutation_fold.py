@@ -134,6 +134,8 @@ def test_fold_every_layout_and_bias(layout, bias):
     assert layer.get("bias") == (None if bias == "none" else "bias")
     h = ops(res.graph_def)
     assert not {"FusedBatchNormV3", "Mul", "Rsqrt"} & set(h), h
+    assert res.report.inference == {"switches_resolved": 0, "merges_resolved": 0, "dead_nodes_removed": 0,
+                                    "control_deps_dropped": 0}
     assert_same(gd, res.graph_def, feeds, ["out:0"])
 
 
@@ -330,3 +332,23 @@ def test_fused_side_outputs(port):
     else:
         res = _fold_and_compare(gd, feeds, ["out:0", "side:0"])
         assert res.report.bn["folded"] == 1
+
+
+def test_only_folds_the_selected_bns():
+    rng = np.random.default_rng(14)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        h = x
+        for name in ("blockA", "blockB"):
+            w = rng.normal(size=(3, 3, int(h.shape[-1]), C_OUT)).astype(np.float32)
+            y = tf.nn.conv2d(h, tf.constant(w), 1, "SAME", name=f"{name}/conv")
+            gamma, beta, mean, var = _bn_params(C_OUT, rng)
+            h = tf.nn.relu(v1.nn.fused_batch_norm(y, gamma, beta, mean=mean, variance=var, is_training=False,
+                                                  name=f"{name}/bn/FusedBatchNormV3")[0])
+        tf.identity(h, name="out")
+    gd = g.as_graph_def()
+    feeds = {"x:0": rng.normal(size=X_SHAPE["NHWC"]).astype(np.float32)}
+    res = _fold_and_compare(gd, feeds, ["out:0"], only=["blockB"])
+    actions = {layer["name"]: layer["action"] for layer in res.report.layers}
+    assert actions == {"blockA/bn": "scale_shift", "blockB/bn": "fold"}, actions
