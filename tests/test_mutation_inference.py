@@ -46,7 +46,9 @@ def test_switch_merge_value_index(train_first, flag):
     outputs = ["out:0", "vi:0"]
     res = bnconvert.fold(gd, inputs=["x:0"], outputs=outputs, set_flags={"is_training": flag})
     assert res.report.training_flags == {"is_training:0": flag}
-    assert res.report.inference["switches_resolved"] == 1 and res.report.inference["merges_resolved"] == 1
+    # one dead branch op (the training Mul, or the BN), one control edge (the pred_id's)
+    assert res.report.inference == {"switches_resolved": 1, "merges_resolved": 1, "dead_nodes_removed": 1,
+                                    "control_deps_dropped": 1}
     assert res.report.bn["found"] == (0 if flag else 1)
     assert not {"Switch", "Merge"} & set(ops(res.graph_def))
     ref = run_graph_def(gd, feeds, outputs, {"is_training:0": flag})
@@ -90,3 +92,24 @@ def test_set_a_bool_placeholder_that_decides_no_cond():
     ref = run_graph_def(gd, feeds, ["out:0"], {"use_shift:0": True})["out:0"]
     got = run_graph_def(res.graph_def, feeds, ["out:0"])["out:0"]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_cond_on_a_computed_predicate_is_left_alone():
+    """A Switch whose predicate is computed from the input stays; the BN after it still folds."""
+    rng = np.random.default_rng(22)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        y, c = _producer("NHWC", x, rng)
+        z = tf.nn.relu(_bn("NHWC", y, c, "fused", rng))
+        off, on = tf.raw_ops.Switch(data=z, pred=tf.reduce_sum(x) > 0.0)
+        merged, _ = tf.raw_ops.Merge(inputs=[off * 3.0, on])
+        tf.identity(merged, name="out")
+    gd = g.as_graph_def()
+    res = bnconvert.fold(gd, inputs=["x:0"], outputs=["out:0"])
+    assert res.report.bn["folded"] == 1 and res.report.inference["switches_resolved"] == 0
+    for sign in (1.0, -1.0):
+        feeds = {"x:0": sign * np.abs(rng.normal(size=X_SHAPE["NHWC"])).astype(np.float32)}
+        ref = run_graph_def(gd, feeds, ["out:0"])["out:0"]
+        got = run_graph_def(res.graph_def, feeds, ["out:0"])["out:0"]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(np.abs(ref).max(), 1e-6))
