@@ -113,3 +113,21 @@ def test_cond_on_a_computed_predicate_is_left_alone():
         ref = run_graph_def(gd, feeds, ["out:0"])["out:0"]
         got = run_graph_def(res.graph_def, feeds, ["out:0"])["out:0"]
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(np.abs(ref).max(), 1e-6))
+
+
+def test_merge_of_a_dead_and_two_live_inputs_is_refused():
+    """A 3-input Merge with one dead input cannot be resolved; its dead input must not be left
+    dangling: fold stops with one clear error."""
+    from bnconvert.errors import UnsupportedError
+
+    rng = np.random.default_rng(23)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        flag = v1.placeholder_with_default(False, [], name="is_training")
+        y, c = _producer("NHWC", x, rng)
+        off, on = tf.raw_ops.Switch(data=y, pred=flag)
+        merged, _ = tf.raw_ops.Merge(inputs=[on * 2.0, off, y * 0.5], name="merge3")
+        tf.identity(merged, name="out")
+    with pytest.raises(UnsupportedError, match="exists only in training mode"):
+        bnconvert.fold(g.as_graph_def(), inputs=["x:0"], outputs=["out:0"])

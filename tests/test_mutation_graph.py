@@ -1,0 +1,67 @@
+"""Tests written to kill mutants of the graph index that survived the rest of the suite
+(tools/mutate.py, docs/MUTATION.md), through :class:`bnconvert.graph.Graph`'s public methods
+and :func:`bnconvert.fold` (checked against TensorFlow)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bnconvert
+from bnconvert.graph import Graph
+from test_mutation_fold import X_SHAPE, _bn, _producer, assert_same
+
+tf = pytest.importorskip("tensorflow")
+v1 = tf.compat.v1
+
+
+def test_digit_only_node_names():
+    """TensorFlow allows node names such as ``7``: they are names, not output indices."""
+    rng = np.random.default_rng(30)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X_SHAPE["NHWC"], name="x")
+        y, c = _producer("NHWC", x, rng)
+        z = tf.identity(y, name="7")
+        tf.nn.relu(_bn("NHWC", z, c, "fused", rng), name="42")
+    gd = g.as_graph_def()
+    res = bnconvert.fold(gd, inputs=["x:0"], outputs=["42:0"])
+    assert res.report.bn["folded"] == 1
+    assert_same(gd, res.graph_def, {"x:0": rng.normal(size=X_SHAPE["NHWC"]).astype(np.float32)}, ["42:0"])
+
+
+def test_new_node_keeps_control_inputs():
+    g = tf.Graph()
+    with g.as_default():
+        tf.constant(1.0, name="a")
+    graph = Graph(g.as_graph_def())
+    graph.new_node("NoOp", "after_a", ["^a"])
+    graph.new_node("Identity", "b", ["a:0", "^after_a"], T=tf.compat.v1.AttrValue(type=tf.float32.as_datatype_enum))
+    nodes = {n.name: list(n.input) for n in graph.to_graph_def().node}
+    assert nodes["after_a"] == ["^a"] and nodes["b"] == ["a", "^after_a"]
+    assert graph.control_consumers("a") == ["after_a"]
+    assert graph.control_inputs(graph.nodes["b"]) == ["after_a"]
+
+
+def test_consumers_of_every_output_port():
+    g = tf.Graph()
+    with g.as_default():
+        flag = v1.placeholder(tf.bool, [], name="flag")
+        off, on = tf.raw_ops.Switch(data=tf.constant([1.0, 2.0], name="d"), pred=flag, name="sw")
+        tf.identity(on, name="uses_1")
+        tf.identity(off, name="uses_0")
+    graph = Graph(g.as_graph_def())
+    assert graph.output_tensors("sw") == ["sw:0", "sw:1"]
+    assert graph.all_consumers("sw") == ["uses_0", "uses_1"]
+    assert graph.consumers("sw:1") == [("uses_1", 0)]
+
+
+def test_a_node_without_a_name_is_refused():
+    from bnconvert.errors import GraphError
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.constant(1.0, name="a")
+    gd = g.as_graph_def()
+    gd.node.add().op = "NoOp"
+    with pytest.raises(GraphError, match="no name"):
+        Graph(gd)
