@@ -65,3 +65,34 @@ def test_a_node_without_a_name_is_refused():
     gd.node.add().op = "NoOp"
     with pytest.raises(GraphError, match="no name"):
         Graph(gd)
+
+
+def test_attr_values():
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [1, 4, 4, 2], name="x")
+        tf.nn.conv2d(x, tf.ones([1, 1, 2, 2]), [1, 2, 2, 1], "SAME", name="conv")
+        tf.raw_ops.Squeeze(input=tf.ones([1, 3]), axis=[0], name="sq")
+        tf.raw_ops.Bucketize(input=tf.ones([3]), boundaries=[0.5, 1.5], name="bucket")
+    graph = Graph(g.as_graph_def())
+    assert graph.attr(graph.nodes["bucket"], "boundaries") == [0.5, 1.5]
+    conv = graph.nodes["conv"]
+    assert graph.attr(conv, "strides") == [1, 2, 2, 1]
+    assert graph.attr(conv, "data_format") == "NHWC" and graph.attr(conv, "padding") == "SAME"
+    assert graph.attr(conv, "use_cudnn_on_gpu") is True
+    assert graph.attr(conv, "explicit_paddings") == []
+    assert graph.attr(graph.nodes["sq"], "squeeze_dims") == [0]
+    assert graph.attr(conv, "no_such_attr", "dflt") == "dflt"
+
+
+def test_const_of_a_missing_or_computed_tensor():
+    g = tf.Graph()
+    with g.as_default():
+        a = tf.constant([1.0, 4.0], name="a")
+        tf.math.rsqrt(tf.identity(a) + 0.0, name="r")
+        tf.identity(v1.placeholder(tf.float32, [2], name="p"), name="q")
+    graph = Graph(g.as_graph_def())
+    assert graph.const("nosuch:0") is None
+    assert graph.const("q:0") is None
+    np.testing.assert_allclose(graph.const("r:0"), [1.0, 0.5])
+    assert graph.const("r:0", wide=True).dtype == np.float64

@@ -97,6 +97,7 @@ class Site:
     op: str  # operator family
     what: str  # e.g. "< -> <="
     source: str = ""  # the original source line, stripped
+    context: str = ""  # the source line of the enclosing node (e.g. the `if` of a guard), stripped
 
     @property
     def id(self) -> str:
@@ -271,8 +272,10 @@ def _sites_with_nodes(module: str, text: str):
         src = lines[line - 1] if line <= len(lines) else ""
         if NO_MUTATE in src:
             continue
+        pline = getattr(parent, "lineno", None)
+        ctx = lines[pline - 1].strip() if pline and pline != line else ""
         for fam, what, apply in _mutations(node, parent):
-            yield Site(module, k, line, node.col_offset, fam, what, src.strip()), node, parent, apply
+            yield Site(module, k, line, node.col_offset, fam, what, src.strip(), ctx), node, parent, apply
             k += 1
 
 
@@ -423,7 +426,8 @@ def load_equivalent(path: str | None) -> list[dict]:
 def is_equivalent(site: Site, equivalent: list[dict]) -> dict | None:
     mod = os.path.basename(site.module)
     for e in equivalent:
-        if os.path.basename(e["module"]) == mod and e["source"] == site.source and e["mutation"] == site.what:
+        if (os.path.basename(e["module"]) == mod and e["source"] == site.source and e["mutation"] == site.what
+                and e.get("context", site.context) == site.context):
             return e
     return None
 
