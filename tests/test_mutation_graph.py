@@ -90,9 +90,31 @@ def test_const_of_a_missing_or_computed_tensor():
     with g.as_default():
         a = tf.constant([1.0, 4.0], name="a")
         tf.math.rsqrt(tf.identity(a) + 0.0, name="r")
+        tf.math.reciprocal(a, name="rec")
+        tf.raw_ops.Inv(x=a, name="inv")
         tf.identity(v1.placeholder(tf.float32, [2], name="p"), name="q")
+        tf.identity(tf.constant([1, 2], tf.int32), name="i")
     graph = Graph(g.as_graph_def())
+    assert graph.const("i:0", wide=True).dtype == np.int32  # wide widens floats only
     assert graph.const("nosuch:0") is None
     assert graph.const("q:0") is None
     np.testing.assert_allclose(graph.const("r:0"), [1.0, 0.5])
+    np.testing.assert_allclose(graph.const("rec:0"), [1.0, 0.25])
+    np.testing.assert_allclose(graph.const("inv:0"), [1.0, 0.25])
     assert graph.const("r:0", wide=True).dtype == np.float64
+
+
+def test_cycle_is_named():
+    from bnconvert.errors import GraphError
+
+    g = tf.Graph()
+    with g.as_default():
+        tf.constant(1.0, name="c")
+    gd = g.as_graph_def()
+    for name, src in (("a", "b"), ("b", "a")):
+        n = gd.node.add()
+        n.name, n.op = name, "Identity"
+        n.input.append(src)
+        n.attr["T"].type = tf.float32.as_datatype_enum
+    with pytest.raises(GraphError, match="cycle through node 'a'"):
+        Graph(gd).topo_order()
