@@ -118,3 +118,28 @@ def test_cycle_is_named():
         n.attr["T"].type = tf.float32.as_datatype_enum
     with pytest.raises(GraphError, match="cycle through node 'a'"):
         Graph(gd).topo_order()
+
+
+def _node(gd, name, op, inputs=(), **types):
+    n = gd.node.add()
+    n.name, n.op = name, op
+    n.input.extend(inputs)
+    for k, v in types.items():
+        n.attr[k].type = v
+    return n
+
+
+def test_topo_order_skips_loop_back_edges_and_missing_inputs():
+    """NextIteration → Merge is a while loop's back edge, not a cycle; an input naming no node
+    is no edge (the loader refuses such graphs; Graph itself stays usable)."""
+    g = tf.Graph()
+    with g.as_default():
+        tf.constant(1.0, name="c")
+    gd = g.as_graph_def()
+    f32 = tf.float32.as_datatype_enum
+    _node(gd, "m", "Merge", ["c", "n"], T=f32)
+    _node(gd, "n", "NextIteration", ["m"], T=f32)
+    _node(gd, "d", "Identity", ["ghost"], T=f32)
+    order = Graph(gd).topo_order()
+    assert sorted(order) == ["c", "d", "m", "n"]
+    assert order.index("c") < order.index("m") < order.index("n")
