@@ -231,9 +231,8 @@ def find_sites(module: str, text: str) -> list[Site]:
 
 def mutate_source(module: str, text: str, index: int) -> str | None:
     """The source with mutant ``index`` applied, or None if it does not compile."""
-    for site, node, parent, apply in _sites_with_nodes(module, text):
+    for site, node, parent, apply, root in _sites_with_nodes(module, text):
         if site.index == index:  # the walk parses afresh: mutating its tree is safe
-            root = _root_of(parent)
             apply(node, parent)
             ast.fix_missing_locations(root)
             try:
@@ -245,24 +244,12 @@ def mutate_source(module: str, text: str, index: int) -> str | None:
     raise IndexError(f"{module} has no mutant #{index}")
 
 
-_ROOTS: dict[int, ast.AST] = {}  # id(node) -> the tree it belongs to (the latest parse)
-
-
-def _root_of(node):
-    return _ROOTS[id(node)]
-
-
-def _parse_tracking(text: str):
-    tree = ast.parse(text)
-    for n in ast.walk(tree):
-        _ROOTS[id(n)] = tree
-    return tree
-
-
 def _sites_with_nodes(module: str, text: str):
-    """Yield (site, node, parent, apply) in walk order; lines marked no-mutate are skipped."""
-    _ROOTS.clear()
-    tree = _parse_tracking(text)
+    """Yield (site, node, parent, apply, tree) in walk order; lines marked no-mutate are skipped.
+
+    Each call parses afresh, so applying a mutation to the yielded nodes never touches another
+    call's tree (calls run in parallel threads)."""
+    tree = ast.parse(text)
     lines = text.splitlines()
     k = 0
     for node, parent in _walk(tree):
@@ -275,7 +262,7 @@ def _sites_with_nodes(module: str, text: str):
         pline = getattr(parent, "lineno", None)
         ctx = lines[pline - 1].strip() if pline and pline != line else ""
         for fam, what, apply in _mutations(node, parent):
-            yield Site(module, k, line, node.col_offset, fam, what, src.strip(), ctx), node, parent, apply
+            yield Site(module, k, line, node.col_offset, fam, what, src.strip(), ctx), node, parent, apply, tree
             k += 1
 
 
@@ -517,15 +504,13 @@ def _run(args, root, texts, chosen, equivalent, sites_by_module) -> int:
         else:
             servers = [ForkServer(c) for c in copies]
             runners = [srv.run for srv in servers]
-        # the unmutated run, once per distinct test set, must pass
+        # the unmutated run of every test any module uses (each module's set is a subset) must pass
         test_sets = {m: tests_for(m, args.tests, root) for m in texts}
-        base_time = 0.0
-        for tests in sorted({tuple(t) for t in test_sets.values()}):
-            status, dt, tail = runners[0](list(tests), 1800)
-            if status != "passed":
-                print(f"mutate: error: the unmutated tests fail ({' '.join(tests)}):\n{tail}", file=sys.stderr)
-                return 1
-            base_time = max(base_time, dt)
+        union = list(dict.fromkeys(t for ts in test_sets.values() for t in ts))
+        status, base_time, tail = runners[0](union, 1800)
+        if status != "passed":
+            print(f"mutate: error: the unmutated tests fail ({' '.join(union)}):\n{tail}", file=sys.stderr)
+            return 1
         timeout = args.timeout or 3 * base_time + 15
         print(f"unmutated run: {base_time:.1f} s; per-mutant timeout {timeout:.0f} s; "
               f"{len(chosen)} mutants, {jobs} workers", flush=True)
