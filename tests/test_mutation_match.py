@@ -204,3 +204,72 @@ def test_rsqrt_of_fed_values_is_no_batch_norm(expr):
     res = bnconvert.fold(gd, inputs=sorted(feeds), outputs=["out:0"])
     assert res.report.bn["found"] == 0
     assert_same(gd, res.graph_def, feeds, ["out:0"])
+
+
+# ---------------------------------------------------------------------- non-constant statistics
+def _fused_with_mean(kind: str):
+    """conv → FusedBatchNormV3(is_training=False) whose mean is not a constant."""
+    rng = np.random.default_rng(3)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [2, 5, 6, 3], name="x")
+        h = _conv(x, rng)
+        gamma, beta, mean, var = _stats(rng)
+        if kind == "placeholder":
+            m = tf.identity(v1.placeholder(tf.float32, [C], name="mean_feed"), name="bn/mean/read")
+        elif kind == "batch":  # a Mean over the batch that is not in a "moments" scope
+            m = tf.reduce_mean(h, axis=[0, 1, 2], name="batch_mean")
+        else:
+            m = tf.identity(v1.Variable(mean, name="bn/moving_mean", use_resource=False), name="bn/read")
+        y = v1.nn.fused_batch_norm(h, gamma, beta, mean=m, variance=var, is_training=False,
+                                   name="bn/FusedBatchNormV3")[0]
+        tf.identity(y, name="out")
+    return g.as_graph_def()
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("placeholder", "fed by placeholder 'mean_feed'"),
+    ("batch", "computed from the batch by 'batch_mean'"),
+    ("variable", "unfrozen variable 'bn/moving_mean'"),
+])
+def test_non_constant_fused_statistics_are_refused(kind, needle):
+    gd = _fused_with_mean(kind)
+    with pytest.raises(UnsupportedError, match=needle) as e:
+        bnconvert.fold(gd, inputs=["x:0"], outputs=["out:0"])
+    assert "mean is not a constant" in str(e.value)
+    rep = bnconvert.fold(gd, inputs=["x:0"], outputs=["out:0"], keep_going=True).report
+    assert rep.bn["refused"] == 1 and needle in rep.layers[0]["reason"]
+    assert rep.layers[0]["action"] == "refuse" and rep.layers[0]["channels"] == 0  # unknown
+
+
+# ---------------------------------------------------------------------- parameter shapes
+@pytest.mark.parametrize("shape", [[C, 1], [0]])
+def test_parameters_that_are_not_vectors_are_refused(shape):
+    """All four parameters [C, 1] (or all empty): one length, but not per-channel vectors.
+
+    TensorFlow's shape inference rejects such a graph, so the loader stops it before ``fold``
+    gets it; the matcher's own check is reached through :func:`find_bns` on the graph."""
+    from bnconvert.graph import Graph
+    from bnconvert.match import find_bns
+
+    rng = np.random.default_rng(4)
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [2, 5, 6, 3], name="x")
+        params = [tf.constant(v, name=f"p{i}") for i, v in enumerate(_stats(rng))]
+        y = v1.nn.fused_batch_norm(_conv(x, rng), *params[:2], mean=params[2], variance=params[3],
+                                   is_training=False, name="bn/FusedBatchNormV3")[0]
+        tf.identity(y, name="out")
+    gd = g.as_graph_def()
+    for n in gd.node:
+        if n.name in ("p0", "p1", "p2", "p3"):
+            t = n.attr["value"].tensor
+            if shape == [0]:
+                t.ClearField("tensor_content")
+            del t.tensor_shape.dim[:]
+            for d in shape:
+                t.tensor_shape.dim.add().size = d
+    with pytest.raises(UnsupportedError, match="per-channel vectors"):
+        find_bns(Graph(gd))
+    refused = []
+    assert find_bns(Graph(gd), refused) == [] and "per-channel" in refused[0][2]
