@@ -300,7 +300,7 @@ def test_rank2_reshape_pair_is_collapsed(target):
                                    name="bn/FusedBatchNormV3")[0]
         back = tf.constant([-1, c]) if target == "const" else tf.shape(yb)
         tf.nn.relu(tf.reshape(z, back, name="bn/Reshape_1"), name="out")
-        tf.reshape(z, [1, -1], name="flat")  # another 2-D reshape, not the way back: it stays
+        tf.identity(tf.reshape(z, [1, -1]), name="flat")  # another 2-D reshape, not the way back: stays
     outputs = ["out:0", "flat:0"]
     res = _fold_and_compare(g.as_graph_def(), {"x:0": rng.normal(size=(2, C_IN)).astype(np.float32)}, outputs)
     assert res.report.bn["folded"] == 1
