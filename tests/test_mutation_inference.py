@@ -44,7 +44,8 @@ def cond_graph(train_first: bool):
 def test_switch_merge_value_index(train_first, flag):
     gd, feeds = cond_graph(train_first)
     outputs = ["out:0", "vi:0"]
-    res = bnconvert.fold(gd, inputs=["x:0"], outputs=outputs, set_flags={"is_training": flag})
+    # False is the default: the flag must then be found through the Identity with a control input
+    res = bnconvert.fold(gd, inputs=["x:0"], outputs=outputs, set_flags={"is_training": True} if flag else None)
     assert res.report.training_flags == {"is_training:0": flag}
     # one dead branch op (the training Mul, or the BN), one control edge (the pred_id's)
     assert res.report.inference == {"switches_resolved": 1, "merges_resolved": 1, "dead_nodes_removed": 1,
