@@ -12,7 +12,8 @@ import signal
 import sys
 import traceback
 
-from .. import __version__
+from .. import __version__, progress
+from .common import DefaultsFormatter
 
 #: subcommand name -> module in bnconvert.cli (each defines add_arguments(parser) and run(args))
 SUBCOMMANDS = {
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for name, module in SUBCOMMANDS.items():
         mod = importlib.import_module(f"bnconvert.cli.{module}")
-        sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__, formatter_class=DefaultsFormatter)
         sp.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logging")
+        sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress, no tables)")
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     return p
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     error, code = None, 0
     try:
-        with _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
+        with progress.session(enabled=not (args.quiet or getattr(args, "json", False))), \
+                _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
             code = int(args._run(args) or 0)
     except BNConvertError as e:
         if debug:
