@@ -11,15 +11,20 @@ Decisions:
   TensorFlow's C++ log level (``TF_CPP_MIN_LOG_LEVEL``) is 3 unless the user set it, and Python
   warnings from TensorFlow/tf2onnx/LiteRT (deprecations) are ignored. Everything is restored when
   the outermost call returns. ``TF_CPP_MIN_LOG_LEVEL=0`` (set by the user) keeps all of it.
-- TensorFlow's C++ code (the TFLite converter, grappler) also writes straight to file
-  descriptor 2; the library leaves that alone (redirecting a process's stderr behind a caller's
-  back hides their own output) — the CLI silences it unless ``--debug``.
+- TensorFlow's and LiteRT's C++ code (absl start-up lines, CUDA probing, the TFLite converter,
+  the XNNPACK delegate) write straight to file descriptor 2, past any Python setting. While the
+  outermost call runs, fd 2 goes to a temporary file; when it returns, every captured line that is
+  not such native log noise (:data:`NOISE`) is written back to stderr, so the caller's own output
+  (a logging handler on ``"bnconvert"``, a warning) still appears, only later.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
 import threading
 import warnings
 
@@ -28,6 +33,15 @@ log = logging.getLogger("bnconvert")
 _QUIET_LOGGERS = {"tensorflow": logging.ERROR, "absl": logging.ERROR, "tf2onnx": logging.CRITICAL,
                   "h5py": logging.ERROR}
 _WARNING_MODULES = r"(tensorflow|tf2onnx|keras|tf_keras|ai_edge_litert|absl|onnx)(\..*)?"
+#: lines native code writes to fd 2 that a library call drops (absl/glog "I0000 …] …" lines,
+#: absl's pre-init banner, TF's CPU-feature notice, LiteRT's delegate notice)
+NOISE = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:\d\d[.\d]*\s+\d+ \S+:\d+\]"
+    r"|WARNING: All log messages before absl::InitializeLog"
+    r"|To enable the following instructions:"
+    r"|INFO: Created TensorFlow Lite"
+    r"|INFO: Initialized TensorFlow Lite"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] tensorflow/)")
 _lock = threading.RLock()
 _depth = 0
 
@@ -52,7 +66,7 @@ def quiet_tensorflow():
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         if outer:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _native_stderr_filtered():
                 warnings.filterwarnings("ignore", module=_WARNING_MODULES)
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 yield
@@ -68,3 +82,35 @@ def quiet_tensorflow():
                     os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
                 else:
                     os.environ["TF_CPP_MIN_LOG_LEVEL"] = saved_env
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered():
+    """Send fd 2 to a temporary file for the block; write back what is not :data:`NOISE`."""
+    try:
+        sys.stderr.flush()
+        capture = tempfile.TemporaryFile()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+        capture.close()
+        kept = [ln for ln in text.splitlines(keepends=True) if not NOISE.match(ln)]
+        if kept:
+            try:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
