@@ -11,8 +11,8 @@ Decisions:
 
 - **Where it shows**: only inside :func:`session`, which the CLI enters (library calls print
   nothing; they log each stage's time to the ``"bnconvert"`` logger at INFO). A session is on
-  when stderr is a terminal, off with ``--quiet`` or ``--json``; ``BNCONVERT_PROGRESS=1`` forces
-  it on (also when stderr is a pipe: tests, CI logs), ``BNCONVERT_PROGRESS=0`` off.
+  when stderr is a terminal, off with ``--quiet`` or ``--json``; ``BNCONVERT_PROGRESS=1`` turns it
+  on where stderr is not a terminal (tests, CI logs), ``BNCONVERT_PROGRESS=0`` off everywhere.
 - **What it shows**: one line per finished stage, ``bnconvert: <stage> <elapsed> s`` (with the
   count, e.g. ``300 BN``). While a stage runs longer than :data:`LIVE_AFTER_S` seconds, a
   terminal gets a live line redrawn in place (bar and counter when the stage counts its items,
@@ -168,14 +168,14 @@ def session(enabled: bool = True):
     """Show progress on stderr for the block (the CLI's run of one command).
 
     ``enabled`` False (``--quiet``/``--json``) turns it off; otherwise it is on when stderr is a
-    terminal; ``BNCONVERT_PROGRESS`` overrides both.
+    terminal, or ``BNCONVERT_PROGRESS`` says 1 (0: off).
     """
     global _current
     try:
         tty = os.isatty(2)
     except OSError:
         tty = False
-    on = enabled_by_env(enabled and tty)
+    on = enabled and enabled_by_env(tty)
     if not on or _current is not None:
         yield
         return
