@@ -168,7 +168,9 @@ def _check_options(options: dict) -> dict:
             out[key] = _names(out[key], key)
     if "to" in out:
         to = _names(out["to"], "to")
-        out["to"] = check_formats(to or ())
+        if not to:
+            raise InputError(f"to: give at least one format ({', '.join(FORMATS)})")
+        out["to"] = check_formats(to)
     if "providers" in out:
         provs = _names(out["providers"], "providers") or ["cpu"]
         bad = [p for p in provs if p not in ("cpu", "cuda")]

@@ -110,6 +110,7 @@ def test_a_graph_def_where_a_path_is_needed_is_an_input_error(graph_def):
     ({"set_flags": {"phase": "false"}}, r"set_flags\['phase'\]: expected True or False, got 'false'"),
     ({"set_flags": ["phase"]}, "set_flags: expected a dict"),
     ({"to": 5}, "to: expected a string or a sequence of strings"),
+    ({"to": None}, "to: give at least one format"),
     ({"to": ["onnx", 3]}, "to: expected a string or a sequence"),
     ({"to": "onnx,keras"}, "unknown format 'keras'"),
     ({"verify": "yes"}, "verify: expected True or False"),
@@ -137,7 +138,15 @@ def test_only_takes_exact_names_and_globs():
     assert layers == {"bn1": "fold", "bn2": "scale_shift"}
     assert {r["action"] for r in bnconvert.fold(MLP, only="bn*").report.layers} == {"fold"}
     with pytest.raises(InputError, match="--only 'bn' matches no batch norm .*bn1, bn2"):
-        bnconvert.fold(MLP, only=["bn"])  # no substring matching: 'bn1' must not match 'bn10'
+        bnconvert.fold(MLP, only=["bn"])  # no substring matching
+    resnet = os.path.join(FIXTURES, "resnet_like.pb")  # bn1 … stage1/block3/bn10 … bn53
+    actions = {r["name"]: r["action"] for r in bnconvert.fold(resnet, only="bn1").report.layers}
+    assert [n for n, a in actions.items() if a == "fold"] == ["bn1"]  # not bn10..bn19
+    actions = {r["name"]: r["action"] for r in bnconvert.fold(resnet, only="*/bn1?").report.layers}
+    assert sorted(n for n, a in actions.items() if a == "fold") == [f"stage{s}/block{b}/bn{i}" for s, b, i in
+                                                                   ((1, 3, 10), (1, 3, 11), (2, 1, 12), (2, 1, 13),
+                                                                    (2, 1, 14), (2, 1, 15), (2, 2, 16), (2, 2, 17),
+                                                                    (2, 2, 18), (2, 3, 19))]
 
 
 def test_every_error_is_a_bnconvert_error_with_its_exit_code(monkeypatch, tmp_path):
