@@ -130,6 +130,7 @@ def _quiet_logs(debug: bool) -> None:
         logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # its errors come back as one line
     else:
         logging.basicConfig(level=logging.INFO)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # bnconvert.logs then leaves TF's logging alone
 
 
 if __name__ == "__main__":  # pragma: no cover
