@@ -91,8 +91,9 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
         "batch": batch,
         **({"batch_note": note} if batch == "fixed" else {}),
         "interpreter": type(interp).__module__.split(".")[0],
-        "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
-                   for d in interp.get_input_details()],
+        "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]],
+                    "shape_signature": [int(x) for x in d.get("shape_signature", d["shape"])],
+                    "dtype": str(d["dtype"].__name__)} for d in interp.get_input_details()],
         "outputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
                     for d in interp.get_output_details()],
         "tflite_names": names,
