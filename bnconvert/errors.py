@@ -3,7 +3,9 @@
 Exit codes:
   0  success
   1  verification failed (a converted model disagrees with the original) or accuracy lost
-  2  bad input or usage (unreadable model, missing tensor, bad statistics, unsafe ops, ...)
+  2  bad input or usage (unreadable model, missing tensor, bad statistics, unsafe ops, a
+     missing optional dependency such as TensorFlow, ...)
+  3  internal error (a bug in bnconvert or a library it calls)
   130 interrupted (SIGINT/SIGTERM); nothing half-written is left behind
 """
 from __future__ import annotations
@@ -52,5 +54,34 @@ class VerificationError(BNConvertError):
     exit_code = 1
 
 
+class MissingDependencyError(BNConvertError):
+    """A package the command needs is not installed (TensorFlow for everything but
+    ``verify-onnx``); the message says what to install."""
+
+
+class InternalError(BNConvertError):
+    """Something failed that is not the input's fault: a bug in bnconvert or in a library it
+    calls. The library raises this (chained to the original exception) instead of the raw error,
+    so callers catch :class:`BNConvertError` only."""
+
+    exit_code = 3
+
+
 class Interrupted(BNConvertError):
     exit_code = 130
+
+
+#: top-level module → what to install when it is missing
+_INSTALL_HINTS = {
+    "tensorflow": "TensorFlow", "tf2onnx": "tf2onnx", "tf_keras": "tf-keras", "keras": "Keras",
+}
+
+
+def missing_dependency(e: ImportError) -> MissingDependencyError | None:
+    """The :class:`MissingDependencyError` for an ImportError of TensorFlow or tf2onnx, else None."""
+    name = (getattr(e, "name", None) or "").split(".")[0]
+    if name not in _INSTALL_HINTS:
+        return None
+    return MissingDependencyError(
+        f"{_INSTALL_HINTS[name]} is not installed (this needs it): pip install \"bnconvert[tf]\" "
+        f"(only verify-onnx runs without TensorFlow)")

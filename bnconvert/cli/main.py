@@ -12,7 +12,8 @@ import signal
 import sys
 import traceback
 
-from .. import __version__
+from .. import __version__, progress
+from .common import DefaultsFormatter
 
 #: subcommand name -> module in bnconvert.cli (each defines add_arguments(parser) and run(args))
 SUBCOMMANDS = {
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for name, module in SUBCOMMANDS.items():
         mod = importlib.import_module(f"bnconvert.cli.{module}")
-        sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__, formatter_class=DefaultsFormatter)
         sp.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logging")
+        sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress, no tables)")
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     return p
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     error, code = None, 0
     try:
-        with _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
+        with progress.session(enabled=not (args.quiet or getattr(args, "json", False))), \
+                _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
             if getattr(args, "max_memory", None) is not None:
                 from ..budget import configure
 
@@ -134,6 +137,7 @@ def _quiet_logs(debug: bool) -> None:
         logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # its errors come back as one line
     else:
         logging.basicConfig(level=logging.INFO)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # bnconvert.logs then leaves TF's logging alone
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,8 @@ def run(args) -> int:
         input_shapes=parse_shapes(args.input_shape), batch=args.batch, atol=args.atol, rtol=args.rtol,
         allow_unsafe=args.allow_unsafe_ops, seed=args.seed, raise_on_failure=False,
     )
-    print(json.dumps(result, indent=2) if args.json else verification_table(result))
+    if not args.quiet:
+        print(json.dumps(result, indent=2) if args.json else verification_table(result))
     if not all(v["ok"] for v in result.values()):
         from ..errors import VerificationError
 

@@ -11,8 +11,11 @@ def add_arguments(p) -> None:
     p.add_argument("--inputs", required=True, metavar="INPUTS.npz")
     p.add_argument("--expected", required=True, metavar="EXPECTED.npz")
     p.add_argument("--providers", default="cpu", help="cpu, cuda (TF32 off), comma-separated (default: cpu)")
-    p.add_argument("--atol", type=float, default=None)
-    p.add_argument("--rtol", type=float, default=None)
+    from .common import tolerance_help
+
+    atol_help, rtol_help = tolerance_help()
+    p.add_argument("--atol", type=float, default=None, help=atol_help)
+    p.add_argument("--rtol", type=float, default=None, help=rtol_help)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -30,7 +33,9 @@ def run(args) -> int:
     if args.rtol is not None:
         kw["rtol"] = args.rtol
     results = verify_onnx(args.model, args.inputs, args.expected, providers=providers(args.providers), **kw)
-    if args.json:
+    if args.quiet:
+        pass
+    elif args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(format_table(results))

@@ -36,11 +36,20 @@ def _concrete(name: str, shape) -> list[int]:
     return [int(d) for d in dims]
 
 
-def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]]) -> dict:
+def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]],
+                  dynamic_batch: bool = True) -> dict:
     """Convert to float32 TFLite, write ``path`` atomically.
 
     Every input must be a placeholder with a concrete shape in ``input_shapes``. Returns
-    ``{"ops": {builtin op: count}, "input_shapes", "inputs", "outputs", "tflite_names"}``.
+    ``{"ops": {builtin op: count}, "input_shapes", "inputs", "outputs", "tflite_names",
+    "batch"}``.
+
+    ``batch`` is ``"dynamic"`` when every input's batch dimension is unknown in the graph and a
+    model converted with it unknown can be resized at run time (``resize_tensor_input`` to
+    another batch, then allocate and invoke, on the same interpreter as verification: LiteRT
+    with XNNPACK); its default shape is then batch 1. Otherwise ``"fixed"`` to the batch of
+    ``input_shapes`` (``batch_note`` says why): graphs whose reshapes bake the batch in refuse
+    the resize.
     """
     inputs, outputs = list(inputs), list(outputs)
     check_tensors(graph_def, inputs, "input")
@@ -53,6 +62,49 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
     gd = tf.compat.v1.GraphDef()
     gd.CopyFrom(graph_def)
     widened = widen_to_float32(gd)
+    flat, batch, note = None, "fixed", _dynamic_refused(gd, inputs, shapes) if dynamic_batch else "not asked for"
+    if note is None:
+        free = {n: [None] + s[1:] for n, s in shapes.items()}
+        try:
+            flat = _convert(tf, gd, inputs, outputs, free)
+            note = _resize_refused(flat, inputs, outputs, shapes)
+        except (InputError, UnsupportedError) as e:
+            note = f"the converter refused an unknown batch: {e}"
+        if note is None:
+            batch = "dynamic"
+        else:
+            flat = None
+    if flat is None:
+        flat = _convert(tf, gd, inputs, outputs, shapes)
+    write_atomic(path, flat)
+
+    from bnconvert.verify.runners import tflite_interpreter, tflite_name_map
+
+    interp = tflite_interpreter(bytes(flat))
+    ops: dict[str, int] = {}
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only op listing the interpreter offers
+        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    names = tflite_name_map(interp, inputs, outputs)
+    return {
+        "ops": dict(sorted(ops.items())),
+        "input_shapes": shapes,
+        "batch": batch,
+        **({"batch_note": note} if batch == "fixed" else {}),
+        "interpreter": type(interp).__module__.split(".")[0],
+        "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]],
+                    "shape_signature": [int(x) for x in d.get("shape_signature", d["shape"])],
+                    "dtype": str(d["dtype"].__name__)} for d in interp.get_input_details()],
+        "outputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
+                    for d in interp.get_output_details()],
+        "tflite_names": names,
+        **({"widened_to_float32_from": widened} if widened else {}),
+    }
+
+
+def _convert(tf, template, inputs, outputs, shapes) -> bytes:
+    """The TFLite flatbuffer of ``template`` with each input placeholder set to ``shapes``."""
+    gd = tf.compat.v1.GraphDef()
+    gd.CopyFrom(template)
     by_name = {n.name: n for n in gd.node}
     for name in inputs:
         node = by_name[name.split(":")[0]]
@@ -74,28 +126,42 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
         out_t = [graph.get_tensor_by_name(n) for n in outputs]
         try:
             converter = tf.compat.v1.lite.TFLiteConverter.from_session(sess, in_t, out_t)
-            flat = converter.convert()
+            return converter.convert()
         except Exception as e:  # noqa: BLE001 - ConverterError, ValueError, ...
             raise UnsupportedError(f"the TFLite converter failed: {_one_line(e)}") from None
-    write_atomic(path, flat)
 
-    from bnconvert.verify.runners import tflite_interpreter, tflite_name_map
+
+def _dynamic_refused(gd, inputs, shapes) -> str | None:
+    """Why the batch cannot be left unknown (None: it can be tried)."""
+    by_name = {n.name: n for n in gd.node}
+    for name in inputs:
+        shape = by_name[name.split(":")[0]].attr["shape"].shape
+        if shape.unknown_rank or not shape.dim:
+            return f"input '{name}' has no declared batch dimension"
+        if shape.dim[0].size >= 0:
+            return f"the graph fixes the batch of input '{name}' to {shape.dim[0].size}"
+    return None
+
+
+def _resize_refused(flat: bytes, inputs, outputs, shapes) -> str | None:
+    """Resize every input to another batch and run once; the reason it fails, or None."""
+    import numpy as np
+
+    from bnconvert.verify.runners import tflite_interpreter
 
     interp = tflite_interpreter(bytes(flat))
-    ops: dict[str, int] = {}
-    for op in interp._get_ops_details():  # noqa: SLF001 - the only op listing the interpreter offers
-        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
-    names = tflite_name_map(interp, inputs, outputs)
-    return {
-        "ops": dict(sorted(ops.items())),
-        "input_shapes": shapes,
-        "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
-                   for d in interp.get_input_details()],
-        "outputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__)}
-                    for d in interp.get_output_details()],
-        "tflite_names": names,
-        **({"widened_to_float32_from": widened} if widened else {}),
-    }
+    details = interp.get_input_details()
+    batch = max(s[0] for s in shapes.values()) + 3
+    try:
+        for d in details:
+            interp.resize_tensor_input(d["index"], [batch] + [int(x) for x in d["shape"][1:]])
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interp.invoke()
+    except (RuntimeError, ValueError) as e:
+        return f"resizing the batch to {batch} fails at run time ({_one_line(e, 120)})"
+    return None
 
 
 _NARROW = {19: "float16", 14: "bfloat16"}  # DT_HALF, DT_BFLOAT16

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 
+from .. import progress
 from ..errors import BNConvertError, InputError, Interrupted, OutputError, VerificationError
 from ..graph import Graph, node_of
 
@@ -100,7 +101,7 @@ def compare_runs(ref: dict, runs: list, tol: dict, timings: dict | None = None) 
     result = {}
     for runtime, file, fn in runs:
         t = time.perf_counter()
-        with naming(file):
+        with naming(file), progress.stage(f"verify {runtime}"):
             cand = fn()
         if timings is not None:
             timings[f"verify_{runtime}"] = time.perf_counter() - t
