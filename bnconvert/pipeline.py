@@ -54,6 +54,10 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
     exp, ver, ana = opts.export, opts.verify, opts.analysis
     exp.to = check_formats(exp.to)
     paths = output_paths(path, outdir, exp.to)
+    if opts.quantize.quantize:
+        from .quantize import prepare
+
+        paths.update(prepare(opts.quantize, paths, exp.to))
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
@@ -80,6 +84,10 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
         tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
         with naming(path):
             staged = _export_all(folded, exp, tmp, paths, report)
+            if opts.quantize.quantize:
+                from .quantize import quantize_and_verify
+
+                quantize_and_verify(folded, opts, staged, tmp, paths, report)
             if ver.verify:
                 verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
         report.files = {k: v for k, v in paths.items() if k in staged}
@@ -95,7 +103,11 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if ver.verify and not report.ok:
-        err = VerificationError(first_failure(report.verification))
+        from .verify.quant import failure_line
+
+        float_ok = all(v.get("ok") for v in report.verification.values())
+        err = VerificationError((float_ok and failure_line(report.quantization.get("verification", {})))
+                                or first_failure(report.verification))
         err.report = report
         raise err
     return report

@@ -36,8 +36,11 @@ def _concrete(name: str, shape) -> list[int]:
     return [int(d) for d in dims]
 
 
-def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]]) -> dict:
+def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]], configure=None) -> dict:
     """Convert to float32 TFLite, write ``path`` atomically.
+
+    ``configure(converter, tf)``, if given, sets converter options before converting (the int8
+    export of :mod:`bnconvert.quantize` sets its representative dataset there).
 
     Every input must be a placeholder with a concrete shape in ``input_shapes``. Returns
     ``{"ops": {builtin op: count}, "input_shapes", "inputs", "outputs", "tflite_names"}``.
@@ -74,6 +77,8 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
         out_t = [graph.get_tensor_by_name(n) for n in outputs]
         try:
             converter = tf.compat.v1.lite.TFLiteConverter.from_session(sess, in_t, out_t)
+            if configure is not None:
+                configure(converter, tf)
             flat = converter.convert()
         except Exception as e:  # noqa: BLE001 - ConverterError, ValueError, ...
             raise UnsupportedError(f"the TFLite converter failed: {_one_line(e)}") from None
