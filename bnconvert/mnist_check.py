@@ -24,7 +24,8 @@ def _shape_digits(x: np.ndarray, shape: list) -> np.ndarray:
 
 
 def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = None,
-          providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1) -> dict:
+          providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1,
+          int8: bool = True) -> dict:
     from . import api
     from .verify.inputs import placeholder_shapes
     from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
@@ -32,7 +33,10 @@ def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = No
     digits = load_mnist(mnist_dir)
     with tempfile.TemporaryDirectory(prefix="bnconvert-mnist-") as tmp:
         out = outdir or tmp
-        report = api.convert(model_path, out, force=True, providers=providers)
+        from .quantize import mnist_rows
+
+        report = api.convert(model_path, out, force=True, providers=providers,
+                             **(mnist_rows.CONVERT_OPTIONS if int8 else {}))
         model = api.load(model_path)
         (inp,), (logits,) = report.inputs, report.outputs
         shape = placeholder_shapes(model.graph_def, [inp])[inp]
@@ -44,6 +48,7 @@ def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = No
         for prov in providers:
             scores[onnx_runtime_label(prov)] = run_onnx(files["onnx"], feeds, [logits], provider=prov)[logits]
         scores["tflite"] = run_tflite(files["tflite"], feeds, [logits])[logits]
+        int8_scores = mnist_rows.int8_scores(files, feeds, logits, providers)
     ref_acc = accuracy(scores["tf:original"], digits.y_test)
     n = len(digits.y_test)
     rows, failure = [], None
@@ -55,12 +60,17 @@ def check(model_path: str, mnist_dir: str | None = None, outdir: str | None = No
         if not ok and failure is None:
             failure = (f"{runtime}: accuracy {100 * acc:.2f}% vs original {100 * ref_acc:.2f}%, "
                        f"{changed} of {n} digits changed class")
-    return {"model": os.path.basename(model_path), "digits": n, "source": digits.source,
-            "original_accuracy": ref_acc, "runtimes": rows, "ok": failure is None, "failure": failure,
-            "max_drop_pp": max_drop, "max_changed_pct": max_changed}
+    result = {"model": os.path.basename(model_path), "digits": n, "source": digits.source,
+              "original_accuracy": ref_acc, "runtimes": rows, "ok": failure is None, "failure": failure,
+              "max_drop_pp": max_drop, "max_changed_pct": max_changed}
+    return mnist_rows.add_int8(result, int8_scores, scores["tf:original"], digits.y_test) if int8_scores else result
 
 
 def format_table(result: dict) -> str:
+    if "int8" in result:
+        from .quantize.mnist_rows import format_int8
+
+        return format_int8(result)
     lines = [f"{result['model']}: {result['digits']} test digits ({result['source']})",
              f"{'runtime':28s} {'accuracy':>9s} {'changed':>8s}  result"]
     for r in result["runtimes"]:

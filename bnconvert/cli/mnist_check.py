@@ -13,6 +13,7 @@ def add_arguments(p) -> None:
     p.add_argument("--providers", default="cpu", help="cpu, cuda (comma-separated)")
     p.add_argument("--max-drop", type=float, default=0.1, help="allowed accuracy loss in percentage points (default 0.1)")
     p.add_argument("--max-changed", type=float, default=0.1, help="allowed %% of digits changing class (default 0.1)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 columns (no --quantize int8)")
     p.add_argument("--json", action="store_true")
 
 
@@ -24,7 +25,7 @@ def run(args) -> int:
     from .common import providers
 
     result = check(args.model, mnist_dir=args.mnist_dir, outdir=args.outdir, providers=providers(args.providers),
-                   max_drop=args.max_drop, max_changed=args.max_changed)
+                   max_drop=args.max_drop, max_changed=args.max_changed, int8=not args.no_int8)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if not result["ok"]:
         raise VerificationError(result["failure"])
