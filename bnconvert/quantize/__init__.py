@@ -104,6 +104,11 @@ def quantize_and_verify(folded, opts, staged: dict, tmp: str, paths: dict, repor
     calset = quantize_stage(folded, q, staged, tmp, paths, report, seed=ver.seed)
     th = thresholds(q.int8_min_top1, q.int8_min_cosine, q.int8_min_sqnr)
     report.quantization["thresholds"] = th
+    if ver.data:  # the user's own inputs judge the int8 files (labels unknown)
+        from .calibration import held_out_from
+
+        held_out_from(calset, ver.data, report.inputs, report.input_shapes)
+        report.quantization["calibration"] = calset.describe()
     if ver.verify:
         report.quantization["verification"] = verify_int8(folded, staged, report, calset, th,
                                                           providers=ver.providers, allow_unsafe=opts.allow_unsafe)

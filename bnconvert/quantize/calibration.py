@@ -13,6 +13,8 @@
   data the model never sees in use, so int8 accuracy on real data is not what verification
   measures. It prints a warning line and the report records it.
 
+With ``--data FILE.npz`` the int8 files are verified on those inputs instead (yours, real).
+
 Samples are returned as one array per input, ``[N, *sample_shape]``; :func:`batches` cuts them
 into the export batch size (the TFLite/ONNX models have a fixed batch dimension).
 """
@@ -113,7 +115,14 @@ def _random(inputs, shapes, samples, seed) -> CalibrationSet:
                           "random (another seed)", notes=["calibrated on random inputs"])
 
 
-def _npz(path, inputs, shapes, samples) -> CalibrationSet:
+def held_out_from(calset: CalibrationSet, path: str, inputs, shapes) -> None:
+    """Verify on ``path`` (``--data``) instead: the user's own inputs, labels unknown."""
+    calset.held_out = _npz_arrays(path, inputs, shapes)
+    calset.held_out_source = f"{path} (--data)"
+    calset.labels = None
+
+
+def _npz_arrays(path, inputs, shapes) -> dict[str, np.ndarray]:
     from ..verify.inputs import load_npz_inputs
 
     arrays = load_npz_inputs(path, inputs)
@@ -131,7 +140,12 @@ def _npz(path, inputs, shapes, samples) -> CalibrationSet:
         counts.add(arr.shape[0])
     if len(counts) != 1:
         raise InputError(f"{path}: the inputs hold different numbers of samples ({sorted(counts)})")
-    total = counts.pop()
+    return arrays
+
+
+def _npz(path, inputs, shapes, samples) -> CalibrationSet:
+    arrays = _npz_arrays(path, inputs, shapes)
+    total = int(next(iter(arrays.values())).shape[0])
     notes = []
     if total < samples:
         notes.append(f"{path} holds {total} samples, fewer than the {samples} asked for: calibrated on {total}")
