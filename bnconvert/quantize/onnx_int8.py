@@ -37,8 +37,11 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 
 def quantize_onnx(float_path: str, path: str, onnx_names: dict[str, str], inputs: list[str], calib: dict,
-                  batch: int = 1, reduce_range: bool = True) -> dict:
-    """Quantize ``float_path`` into ``path``; ``onnx_names`` maps TF input names to the model's."""
+                  batch: int = 1, reduce_range: bool = True, preprocess: bool = True) -> dict:
+    """Quantize ``float_path`` into ``path``; ``onnx_names`` maps TF input names to the model's.
+
+    ``reduce_range=False`` and ``preprocess=False`` exist for ``tools/bench_int8.py``'s
+    comparisons; bnconvert always uses the defaults."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -59,6 +62,8 @@ def quantize_onnx(float_path: str, path: str, onnx_names: dict[str, str], inputs
     notes = []
     try:
         try:
+            if not preprocess:
+                raise RuntimeError("pre-processing off")
             quant_pre_process(float_path, pre, skip_symbolic_shape=True)
             src = pre
         except Exception as e:  # noqa: BLE001 - pre-processing is an optimization only
