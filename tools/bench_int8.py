@@ -69,6 +69,7 @@ def build_mobilenet(out_pb: str, steps: int, seed: int = 0) -> dict:
 
     from bnconvert.mnist import load_mnist
 
+    tf.config.experimental.enable_op_determinism()  # the same weights on every run
     tf.compat.v1.disable_v2_behavior()
     tf.compat.v1.reset_default_graph()
     tf.compat.v1.set_random_seed(seed)
@@ -289,10 +290,14 @@ def markdown(results: list[dict], meta: dict) -> str:
                          f"{_f(v['sqnr_db'], '.1f')} | {v['size'] / 1024:.1f} | {ops} | {v['latency_ms']:.3f} |")
         lines.append("")
     broken = [r for r in results if "broken" in r]
+    from bnconvert.verify.quant import thresholds
+
+    th = thresholds()
     if broken:
         lines += ["### Broken int8 conversions (what verification must reject)", "",
                   "The folded models' int8 files with one thing wrong; the verdict is bnconvert's, with its "
-                  "default thresholds (top-1 ≥ 98%, cosine ≥ 0.99, SQNR ≥ 15 dB, accuracy drop ≤ 1 point).", "",
+                  f"default thresholds (top-1 ≥ {100 * th['min_top1']:g}%, cosine ≥ {th['min_cosine']:g}, SQNR ≥ "
+                  f"{th['min_sqnr_db']:g} dB, accuracy drop ≤ {th['max_accuracy_drop_pp']:g} point).", "",
                   "| model | conversion | accuracy | top-1 agr. | cosine | SQNR dB | verdict |", "|---|---|---|---|---|---|---|"]
         for r in broken:
             good = r["variants"]["folded int8 onnx"], r["variants"]["folded int8 tflite"]

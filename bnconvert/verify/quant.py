@@ -16,24 +16,31 @@ An output passes when ``top1_agreement >= MIN_TOP1`` (classifier-like outputs on
 is at most ``MAX_ACCURACY_DROP_PP`` percentage points below the original's. Exit code 1
 otherwise, as for float files.
 
-Measured (``python tools/bench_int8.py --thresholds``, 1,000 held-out MNIST test digits; the
-ResNet-like net of the benchmark on 256 held-out synthetic images), good int8 conversions
-(bnconvert's defaults) against broken ones:
+Measured by ``python tools/bench_int8.py --thresholds`` (2026-11-29; 1,000 held-out MNIST test
+digits; docs/BENCHMARKS.md has every row): good int8 conversions (bnconvert's settings) against
+broken ones — 8-bit ONNX weights run by onnxruntime's AVX2 kernels (saturation, see
+:mod:`bnconvert.quantize.onnx_int8`), one layer's weight scales ×4:
 
-===========================  ==========  ========  =======
-MNIST fixtures, int8 file    top-1 agr.  cosine    SQNR dB
-===========================  ==========  ========  =======
-good (3 fixtures × 2 files)  ≥ 0.992     ≥ 0.9997  ≥ 31
-8-bit weights on AVX2 ORT    0.968       0.980     12.0
-one layer's scale ×4         ≤ 0.72      ≤ 0.80    ≤ 3.6
-===========================  ==========  ========  =======
+==========================================  ==========  ========  =======  ===========
+int8 file                                   top-1 agr.  cosine    SQNR dB  accuracy Δpp
+==========================================  ==========  ========  =======  ===========
+good, 3 MNIST fixtures × (ONNX, TFLite)     ≥ 99.7%     ≥ 0.9999  ≥ 36.9   +0.1..+0.2
+good, MobileNet-v1 0.25 (27 BN), ONNX       96.5%       0.9943    19.5     +0.3
+good, MobileNet-v1 0.25 (27 BN), TFLite     97.8%       0.9962    21.2     −1.0
+8-bit weights on AVX2, mnist_conv           96.8%       0.9808    12.0     −1.4
+8-bit weights on AVX2, MobileNet            91.2%       0.9551    10.6     −2.7
+scales ×4, worst of the four models         ≤ 93.6%     ≤ 0.935   ≤ 1.0    −3.2..−75
+==========================================  ==========  ========  =======  ===========
 
-(the table's numbers are filled from the benchmark's output; see docs/BENCHMARKS.md). The
-defaults sit between the worst good and the best broken conversion, with room for deeper
-networks, whose int8 SQNR is lower (the ResNet-like net: see the benchmark): ``MIN_TOP1 = 0.98``
-(on 1,000 digits: at most 20 change class), ``MIN_COSINE = 0.99``, ``MIN_SQNR_DB = 15``
-(≈ noise at 18% of the signal's RMS). They are options (``--int8-min-top1``,
-``--int8-min-cosine``, ``--int8-min-sqnr``).
+Top-1 agreement alone does not separate them (a good MobileNet, 90% accurate with many
+near-ties, agrees on 96.5%; the broken mnist_conv on 96.8%); cosine and SQNR do, with a margin
+on both sides. Defaults: ``MIN_COSINE = 0.99`` and ``MIN_SQNR_DB = 15`` (between 0.981/12.0 dB
+broken and 0.994/19.5 dB good), ``MIN_TOP1 = 0.95`` (a floor that catches gross breakage,
+below every good conversion measured), and with labels ``MAX_ACCURACY_DROP_PP = 1``. The 8-bit
+MLPs (98.8% agreement, 20 dB, accuracy unchanged) pass: they are not broken. Random
+calibration passed on the MNIST models (≥ 29.9 dB) and narrowly on the MobileNet (16.8 dB,
+cosine 0.9901): verification judges the result, not the method. Each default is an option
+(``--int8-min-top1``, ``--int8-min-cosine``, ``--int8-min-sqnr``).
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ import time
 
 import numpy as np
 
-MIN_TOP1 = 0.98
+MIN_TOP1 = 0.95
 MIN_COSINE = 0.99
 MIN_SQNR_DB = 15.0
 MAX_ACCURACY_DROP_PP = 1.0
