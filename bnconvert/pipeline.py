@@ -54,7 +54,7 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
     exp, ver, ana = opts.export, opts.verify, opts.analysis
     exp.to = check_formats(exp.to)
     paths = output_paths(path, outdir, exp.to)
-    if opts.quantize.quantize:
+    if opts.quantize.quantize or opts.quantize.calibration:
         from .quantize import prepare
 
         paths.update(prepare(opts.quantize, paths, exp.to))

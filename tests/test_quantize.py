@@ -134,20 +134,33 @@ def test_calibration_from_npz_and_broken_calibration_exits_1(tmp_path):
     assert e.value.report.quantization["verification"]["onnx-int8:CPUExecutionProvider"]["ok"] is False
 
 
-def test_random_calibration_warns_and_is_recorded(tmp_path, capsys):
+def test_random_calibration_warns_and_int8_io(tmp_path, capsys):
+    """`random` warns and is recorded; --int8-io gives int8 tensors at both ends, which
+    run_tflite_q quantizes/dequantizes (checked on real digits against the float original)."""
     import bnconvert
+    from bnconvert.mnist import load_mnist
+    from bnconvert.verify.quant import compare_int8, run_tflite_q, thresholds
+    from bnconvert.verify.runners import run_tflite, tflite_interpreter
 
     rep = bnconvert.convert(CONV, str(tmp_path), to="tflite", verify=False, quantize="int8", calibration="random",
-                            calibration_samples=20)
+                            calibration_samples=50, int8_io=True)
     err = capsys.readouterr().err
     assert "warning: calibrating int8 on random inputs" in err
-    assert rep.quantization["calibration"]["samples"] == 20
+    assert rep.quantization["calibration"]["samples"] == 50
     assert rep.quantization["calibration"]["source"].startswith("random")
-    assert os.path.isfile(tmp_path / "mnist_conv.int8.tflite") and not os.path.exists(tmp_path / "mnist_conv.int8.onnx")
+    q8 = str(tmp_path / "mnist_conv.int8.tflite")
+    assert os.path.isfile(q8) and not os.path.exists(tmp_path / "mnist_conv.int8.onnx")
+    interp = tflite_interpreter(q8)
+    assert interp.get_input_details()[0]["dtype"] == np.int8 and interp.get_output_details()[0]["dtype"] == np.int8
+    feeds = {"x:0": load_mnist().x_test[::10].reshape(-1, 28, 28, 1)}
+    ref = run_tflite(str(tmp_path / "mnist_conv.tflite"), feeds, rep.outputs)
+    (row,) = compare_int8(ref, run_tflite_q(q8, feeds, rep.outputs), thresholds())
+    assert row["cosine"] > 0.99, row
 
 
 @pytest.mark.parametrize("kwargs, msg", [
     ({"quantize": "int8"}, "needs --calibration"),
+    ({"calibration": "mnist"}, "add --quantize int8"),
     ({"quantize": "int4", "calibration": "mnist"}, "unknown mode 'int4'"),
     ({"quantize": "int8", "calibration": "nope.npz"}, "no such file"),
     ({"quantize": "int8", "calibration": "mnist", "calibration_samples": 0}, "at least 1"),
@@ -170,3 +183,31 @@ def test_mnist_calibration_refuses_other_shapes():
         load_calibration("mnist", ["x:0"], {"x:0": [1, 32, 32, 3]}, {"x:0": np.float32})
     with pytest.raises(InputError, match="float inputs"):
         load_calibration("mnist", ["x:0"], {"x:0": [1, 784]}, {"x:0": np.int32})
+
+
+def test_float16_onnx_calibrates_in_its_own_dtype(tmp_path):
+    """A float16 ONNX model (bnconvert keeps float16 graphs float16) gets float16 calibration
+    feeds; onnxruntime refused float32 ones."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bnconvert.quantize.onnx_int8 import quantize_onnx
+    from bnconvert.verify.quant import compare_int8, thresholds
+    from bnconvert.verify.runners import run_onnx
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float16), "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float16), "b")
+    graph = helper.make_graph([helper.make_node("Conv", ["x:0", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+                               helper.make_node("Relu", ["y"], ["out:0"])], "g",
+                              [helper.make_tensor_value_info("x:0", TensorProto.FLOAT16, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out:0", TensorProto.FLOAT16, [None, 8, 8, 8])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    src, dst = str(tmp_path / "f16.onnx"), str(tmp_path / "f16.int8.onnx")
+    onnx.save(model, src)
+    calib = {"x:0": rng.standard_normal((40, 3, 8, 8)).astype(np.float32)}
+    info = quantize_onnx(src, dst, {"x:0": "x:0"}, ["x:0"], calib, batch=8)
+    assert info["ops"].get("QuantizeLinear")
+    feeds = {"x:0": rng.standard_normal((16, 3, 8, 8)).astype(np.float16)}
+    (row,) = compare_int8(run_onnx(src, feeds, ["out:0"]), run_onnx(dst, feeds, ["out:0"]), thresholds())
+    assert row["ok"] and "top1_agreement" not in row, row  # a feature map is not classifier-like

@@ -87,6 +87,8 @@ def quantize_stage(folded, qopts, staged: dict, tmp: str, paths: dict, report, s
 def prepare(qopts, paths: dict, to) -> dict[str, str]:
     """Check the options before anything runs; the int8 output paths to add to ``paths``."""
     qopts.quantize = check_mode(qopts.quantize)
+    if qopts.quantize is None:
+        raise InputError("--calibration is for int8: add --quantize int8")
     if not qopts.calibration:
         raise InputError("--quantize int8 needs --calibration FILE.npz, mnist or random (random: last resort)")
     if qopts.calibration not in ("mnist", "random") and not os.path.isfile(qopts.calibration):

@@ -6,7 +6,7 @@ compared with the *original* graph (run in TensorFlow, training flags false) on 
 (never the calibration samples when others exist: see :mod:`bnconvert.quantize.calibration`):
 
 - ``top1_agreement``: the fraction of samples whose arg-max class is the original's, for
-  classifier-like outputs (rank ≥ 2, last dimension > 1);
+  classifier-like outputs (``[N, C]``, C > 1);
 - ``cosine``: cosine similarity of the whole output (all samples, flattened) with the original;
 - ``sqnr_db``: signal-to-quantization-noise ratio, ``10·log10(Σref² / Σ(ref−q)²)``;
 - ``accuracy`` / ``reference_accuracy`` when labels are known (``--calibration mnist``).
@@ -64,7 +64,8 @@ def thresholds(min_top1=None, min_cosine=None, min_sqnr_db=None, max_accuracy_dr
 
 
 def classifier_like(ref: np.ndarray) -> bool:
-    return ref.ndim >= 2 and ref.shape[-1] > 1
+    """Class scores ``[N, C]`` with C > 1 (a feature map's argmax over channels means nothing)."""
+    return ref.ndim == 2 and ref.shape[-1] > 1
 
 
 def top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
