@@ -279,6 +279,16 @@ def markdown(results: list[dict], meta: dict) -> str:
              "Mul + Add after each conv/matmul, training flag constant false), then the same quantizers. "
              "*no pre-processing*: the unfolded ONNX quantized without `quant_pre_process` (no onnxruntime "
              "fusion before quantization).", ""]
+    lines += ["Summary (computed from the tables below): int8 ONNX, folded vs unfolded without pre-processing, "
+              "and the TFLite int8 file's size against the float one:", ""]
+    for r in results:
+        f, u = r["variants"]["folded int8 onnx"], r["variants"]["unfolded (no pre-processing) int8 onnx"]
+        ft, qt = r["variants"]["folded float tflite"], r["variants"]["folded int8 tflite"]
+        lines.append(f"- {r['model']}: accuracy {100 * f['accuracy']:.2f}% vs {100 * u['accuracy']:.2f}%, SQNR "
+                     f"{f['sqnr_db']:.1f} vs {u['sqnr_db']:.1f} dB, {sum(f['ops'].values())} vs "
+                     f"{sum(u['ops'].values())} ops, latency {f['latency_ms']:.3f} vs {u['latency_ms']:.3f} ms; "
+                     f"int8 .tflite {100 * qt['size'] / ft['size']:.0f}% of the float .tflite")
+    lines.append("")
     for r in results:
         lines += [f"### {r['model']} ({r['bn_layers']} BN layers; float original {100 * r['float_accuracy']:.2f}%)", "",
                   "| variant | accuracy | top-1 agr. | cosine | SQNR dB | size KiB | ops | latency ms |",

@@ -31,7 +31,7 @@ def add_arguments(p) -> None:
     q.add_argument("--calibration-samples", type=int, default=200, help="calibration samples (default: 200)")
     q.add_argument("--int8-io", action="store_true", help="int8 input/output in the .int8.tflite (default: float)")
     q.add_argument("--int8-min-top1", type=float, help="min top-1 agreement with the original (default 0.95)")
-    q.add_argument("--int8-min-cosine", type=float, help="min cosine similarity per output (default 0.99)")
+    q.add_argument("--int8-min-cosine", type=float, help="min cosine similarity per output (default 0.985)")
     q.add_argument("--int8-min-sqnr", type=float, help="min SQNR in dB per output (default 15)")
 
 

@@ -50,7 +50,7 @@ import time
 import numpy as np
 
 MIN_TOP1 = 0.95
-MIN_COSINE = 0.99
+MIN_COSINE = 0.985
 MIN_SQNR_DB = 15.0
 MAX_ACCURACY_DROP_PP = 1.0
 
