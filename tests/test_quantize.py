@@ -211,3 +211,24 @@ def test_float16_onnx_calibrates_in_its_own_dtype(tmp_path):
     feeds = {"x:0": rng.standard_normal((16, 3, 8, 8)).astype(np.float16)}
     (row,) = compare_int8(run_onnx(src, feeds, ["out:0"]), run_onnx(dst, feeds, ["out:0"]), thresholds())
     assert row["ok"] and "top1_agreement" not in row, row  # a feature map is not classifier-like
+
+
+def test_bad_calibration_npz_is_one_line(tmp_path):
+    from bnconvert.errors import InputError
+    from bnconvert.quantize.calibration import load_calibration
+
+    shapes, dtypes = {"x:0": [1, 4, 4, 2]}, {"x:0": np.float32}
+    bad_shape, nan, ok = tmp_path / "s.npz", tmp_path / "n.npz", tmp_path / "ok.npz"
+    np.savez(bad_shape, x=np.zeros((10, 4, 4, 3), np.float32))
+    np.savez(nan, x=np.full((10, 4, 4, 2), np.nan, np.float32))
+    np.savez(ok, input_0=np.ones((5, 4, 4, 2), np.float32))
+    with pytest.raises(InputError, match=r"samples of shape \[4, 4, 3\], the model takes \[4, 4, 2\]"):
+        load_calibration(str(bad_shape), ["x:0"], shapes, dtypes)
+    with pytest.raises(InputError, match="finite floats"):
+        load_calibration(str(nan), ["x:0"], shapes, dtypes)
+    with pytest.raises(InputError, match="has no array for 'y:0'"):
+        load_calibration(str(bad_shape), ["x:0", "y:0"], {**shapes, "y:0": [1, 2]}, {**dtypes, "y:0": np.float32})
+    cal = load_calibration(str(ok), ["x:0"], shapes, dtypes, samples=200)
+    assert cal.samples == 5 and "fewer than the 200" in cal.notes[0] and "themselves" in cal.held_out_source
+    with pytest.raises(InputError, match="train split has 4000"):
+        load_calibration("mnist", ["x:0"], {"x:0": [1, 784]}, dtypes, samples=5000)
