@@ -41,28 +41,33 @@ def _graph_def(data: bytes):
 @public
 def check(model_path, mnist_dir: str | None = None, outdir: str | None = None,
           providers: tuple[str, ...] = ("cpu",), max_drop: float = 0.1, max_changed: float = 0.1,
-          force: bool = False, inputs=None, outputs=None, set_flags=None) -> dict:
+          force: bool = False, inputs=None, outputs=None, set_flags=None, int8: bool = True) -> dict:
     """Accuracy of the original and of each converted form on the test digits.
 
     ``inputs``/``outputs``/``set_flags`` as for :func:`bnconvert.convert` (the model needs one
     input, the images, and one output, the class scores). With ``outdir`` the converted files
     are written there (``force`` to overwrite); without it the conversion stays in memory.
+    ``int8``: also quantize (``--quantize int8 --calibration mnist``) and add int8 columns.
     """
     from . import api
     from .verify.inputs import placeholder_shapes
     from .verify.runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
 
     digits = load_mnist(mnist_dir)
-    opts = dict(providers=providers, inputs=inputs, outputs=outputs, set_flags=set_flags)
+    from .quantize import mnist_rows
+
+    opts = dict(providers=providers, inputs=inputs, outputs=outputs, set_flags=set_flags,
+                **(mnist_rows.CONVERT_OPTIONS if int8 else {}))
     model = api.load(model_path, outputs=outputs)
     if outdir is None:
         files, report = api.convert_bytes(model, **opts)
     else:
         report = api.convert(model, outdir, force=force, **opts)
         files = {}
-        for kind in ("pb", "onnx", "tflite"):
-            with open(report.files[kind], "rb") as f:
-                files[kind] = f.read()
+        for kind, path in report.files.items():
+            if kind != "report":
+                with open(path, "rb") as f:
+                    files[kind] = f.read()
     if len(report.inputs) != 1 or len(report.outputs) != 1:
         raise InputError(f"{model_path}: mnist-check needs one input (the images) and one output (the class scores); "
                          f"found inputs {', '.join(report.inputs)} and outputs {', '.join(report.outputs)} "
@@ -80,6 +85,7 @@ def check(model_path, mnist_dir: str | None = None, outdir: str | None = None,
     if scores["tf:original"].ndim != 2 or scores["tf:original"].shape[-1] < 2:
         raise InputError(f"{model_path}: output {logits} has shape {list(scores['tf:original'].shape)}, "
                          "not class scores [N, classes] (pass --outputs)")
+    int8_scores = mnist_rows.int8_scores(files, feeds, logits, providers) if int8 else {}
     ref_acc = accuracy(scores["tf:original"], digits.y_test)
     n = len(digits.y_test)
     rows, failure = [], None
@@ -91,12 +97,17 @@ def check(model_path, mnist_dir: str | None = None, outdir: str | None = None,
         if not ok and failure is None:
             failure = (f"{runtime}: accuracy {100 * acc:.2f}% vs original {100 * ref_acc:.2f}%, "
                        f"{changed} of {n} digits changed class")
-    return {"model": os.path.basename(model_path), "digits": n, "source": digits.source,
-            "original_accuracy": ref_acc, "runtimes": rows, "ok": failure is None, "failure": failure,
-            "max_drop_pp": max_drop, "max_changed_pct": max_changed}
+    result = {"model": os.path.basename(model_path), "digits": n, "source": digits.source,
+              "original_accuracy": ref_acc, "runtimes": rows, "ok": failure is None, "failure": failure,
+              "max_drop_pp": max_drop, "max_changed_pct": max_changed}
+    return mnist_rows.add_int8(result, int8_scores, scores["tf:original"], digits.y_test) if int8_scores else result
 
 
 def format_table(result: dict) -> str:
+    if "int8" in result:
+        from .quantize.mnist_rows import format_int8
+
+        return format_int8(result)
     lines = [f"{result['model']}: {result['digits']} test digits ({result['source']})",
              f"{'runtime':28s} {'accuracy':>9s} {'changed':>8s}  result"]
     for r in result["runtimes"]:

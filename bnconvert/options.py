@@ -55,17 +55,31 @@ class VerifyOptions:
 
 
 @dataclass
+class QuantizeOptions:
+    """int8 post-training quantization (:mod:`bnconvert.quantize`; thresholds: :mod:`bnconvert.verify.quant`)."""
+
+    quantize: str | None = None  # "int8" or None
+    calibration: str | None = None  # FILE.npz, "mnist" or "random"
+    calibration_samples: int = 200
+    int8_io: bool = False
+    int8_min_top1: float | None = None
+    int8_min_cosine: float | None = None
+    int8_min_sqnr: float | None = None
+
+
+@dataclass
 class ConvertOptions:
     analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     fold: FoldOptions = field(default_factory=FoldOptions)
     export: ExportOptions = field(default_factory=ExportOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
     force: bool = False
     allow_unsafe: bool = False
     #: bytes (or "4G") the decoded constants and inputs may take (bnconvert.budget)
     max_memory: int | str | None = None
 
-    _GROUPS = ("analysis", "fold", "export", "verify")
+    _GROUPS = ("analysis", "fold", "export", "verify", "quantize")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ConvertOptions":

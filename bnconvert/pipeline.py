@@ -76,6 +76,10 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
         budget.configure(opts.max_memory)
     exp.to = check_formats(exp.to)
     paths = output_paths(path, outdir, exp.to, opts.fold.mode)
+    if opts.quantize.quantize or opts.quantize.calibration:
+        from .quantize import prepare
+
+        paths.update(prepare(opts.quantize, paths, exp.to))
     if model is None and not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
@@ -105,6 +109,10 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
             raise OutputError(f"{outdir}: cannot write into the output folder ({e.strerror})") from None
         with naming(path):
             staged = _export_all(folded, exp, tmp, paths, report)
+            if opts.quantize.quantize:
+                from .quantize import quantize_and_verify
+
+                quantize_and_verify(folded, opts, staged, tmp, paths, report)
             if ver.verify:
                 with progress.stage("verify"):
                     verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
@@ -121,7 +129,11 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if ver.verify and not report.ok:
-        err = VerificationError(first_failure(report.verification))
+        from .verify.quant import failure_line
+
+        float_ok = all(v.get("ok") for v in report.verification.values())
+        err = VerificationError((float_ok and failure_line(report.quantization.get("verification", {})))
+                                or first_failure(report.verification))
         err.report = report
         raise err
     return report

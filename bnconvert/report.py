@@ -30,6 +30,7 @@ class Report:
     verification: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    quantization: dict = field(default_factory=dict)  # int8 files: bnconvert.quantize, verify/quant.py
 
     @property
     def bn(self) -> dict[str, int]:
@@ -41,7 +42,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.bn["refused"] == 0 and all(v.get("ok", False) for v in self.verification.values())
+        return self.bn["refused"] == 0 and all(v.get("ok", False) for v in self.verification.values()) and all(
+            v.get("ok", False) for v in self.quantization.get("verification", {}).values())
 
     def to_dict(self) -> dict:
         from . import __version__
@@ -66,6 +68,7 @@ class Report:
             "verification": self.verification,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
     def to_json(self) -> str:
@@ -98,6 +101,11 @@ class Report:
 
     def verification_table(self) -> str:
         return verification_table(self.verification)
+
+    def quantization_table(self) -> str:
+        from .verify.quant import table
+
+        return table(self.quantization.get("verification", {}))
 
     def files_table(self) -> str:
         return "\n".join(f"wrote {kind:7s} {path}" for kind, path in self.files.items())

@@ -29,6 +29,14 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     add_model_arguments(p)
     add_verify_arguments(p)
+    q = p.add_argument_group("int8 (see README: int8)")
+    q.add_argument("--quantize", choices=["int8"], help="also write <stem>.int8.tflite and <stem>.int8.onnx")
+    q.add_argument("--calibration", metavar="FILE.npz|mnist|random", help="calibration inputs (required with --quantize)")
+    q.add_argument("--calibration-samples", type=int, default=200, help="calibration samples (default: 200)")
+    q.add_argument("--int8-io", action="store_true", help="int8 input/output in the .int8.tflite (default: float)")
+    q.add_argument("--int8-min-top1", type=float, help="min top-1 agreement with the original (default 0.95)")
+    q.add_argument("--int8-min-cosine", type=float, help="min cosine similarity per output (default 0.985)")
+    q.add_argument("--int8-min-sqnr", type=float, help="min SQNR in dB per output (default 15)")
 
 
 def run(args) -> int:
@@ -44,6 +52,9 @@ def run(args) -> int:
             only=split_list(args.only), opset=args.opset, batch=args.batch,
             input_shapes=parse_shapes(args.input_shape), data=args.data, providers=providers(args.providers),
             atol=args.atol, rtol=args.rtol, allow_unsafe=args.allow_unsafe_ops, seed=args.seed,
+            quantize=args.quantize, calibration=args.calibration, calibration_samples=args.calibration_samples,
+            int8_io=args.int8_io, int8_min_top1=args.int8_min_top1, int8_min_cosine=args.int8_min_cosine,
+            int8_min_sqnr=args.int8_min_sqnr,
         )
     except Exception as e:
         report = getattr(e, "report", None)
@@ -66,6 +77,9 @@ def print_report(report, as_json: bool, quiet: bool = False) -> None:
     if report.verification:
         print()
         print(report.verification_table())
+    if report.quantization.get("verification"):
+        print()
+        print(report.quantization_table())
     print()
     print(report.files_table())
     sys.stdout.flush()

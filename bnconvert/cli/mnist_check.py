@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--providers", default="cpu", help="onnxruntime providers: cpu, cuda (comma-separated)")
     p.add_argument("--max-drop", type=float, default=0.1, help="allowed accuracy loss in percentage points")
     p.add_argument("--max-changed", type=float, default=0.1, help="allowed %% of digits changing class")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 columns (no --quantize int8)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_model_arguments(p)
 
@@ -33,7 +34,7 @@ def run(args) -> int:
 
     result = check(args.model, mnist_dir=args.mnist_dir, outdir=args.outdir, providers=providers(args.providers),
                    max_drop=args.max_drop, max_changed=args.max_changed, force=args.force,
-                   inputs=split_list(args.inputs), outputs=split_list(args.outputs), set_flags=parse_set(args.set))
+                   inputs=split_list(args.inputs), outputs=split_list(args.outputs), set_flags=parse_set(args.set), int8=not args.no_int8)
     if not args.quiet:
         print(json.dumps(result, indent=2) if args.json else format_table(result))
     if not result["ok"]:

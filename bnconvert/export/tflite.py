@@ -37,8 +37,11 @@ def _concrete(name: str, shape) -> list[int]:
 
 
 def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list[int]],
-                  dynamic_batch: bool = True) -> dict:
+                  dynamic_batch: bool = True, configure=None) -> dict:
     """Convert to float32 TFLite, write ``path`` atomically.
+
+    ``configure(converter, tf)``, if given, sets converter options before converting (the int8
+    export of :mod:`bnconvert.quantize` sets its representative dataset there).
 
     Every input must be a placeholder with a concrete shape in ``input_shapes``. Returns
     ``{"ops": {builtin op: count}, "input_shapes", "inputs", "outputs", "tflite_names",
@@ -66,7 +69,7 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
     if note is None:
         free = {n: [None] + s[1:] for n, s in shapes.items()}
         try:
-            flat = _convert(tf, gd, inputs, outputs, free)
+            flat = _convert(tf, gd, inputs, outputs, free, configure)
             note = _resize_refused(flat, inputs, outputs, shapes)
         except (InputError, UnsupportedError) as e:
             note = f"the converter refused an unknown batch: {e}"
@@ -75,7 +78,7 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
         else:
             flat = None
     if flat is None:
-        flat = _convert(tf, gd, inputs, outputs, shapes)
+        flat = _convert(tf, gd, inputs, outputs, shapes, configure)
     write_atomic(path, flat)
 
     from bnconvert.verify.runners import tflite_interpreter, tflite_name_map
@@ -101,7 +104,7 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
     }
 
 
-def _convert(tf, template, inputs, outputs, shapes) -> bytes:
+def _convert(tf, template, inputs, outputs, shapes, configure=None) -> bytes:
     """The TFLite flatbuffer of ``template`` with each input placeholder set to ``shapes``."""
     gd = tf.compat.v1.GraphDef()
     gd.CopyFrom(template)
@@ -126,6 +129,8 @@ def _convert(tf, template, inputs, outputs, shapes) -> bytes:
         out_t = [graph.get_tensor_by_name(n) for n in outputs]
         try:
             converter = tf.compat.v1.lite.TFLiteConverter.from_session(sess, in_t, out_t)
+            if configure is not None:
+                configure(converter, tf)
             return converter.convert()
         except Exception as e:  # noqa: BLE001 - ConverterError, ValueError, ...
             raise UnsupportedError(f"the TFLite converter failed: {_one_line(e)}") from None
