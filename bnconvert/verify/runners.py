@@ -23,9 +23,14 @@ ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 CUDA_OPTIONS = {"use_tf32": "0"}
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(e).__name__
+def _one_line(e: BaseException, limit: int = 500) -> str:
+    """The whole message on one line (a runtime's decisive part, "Got: 1 Expected: 4", is often on
+    its second line); cut at ``limit`` characters unless ``--debug`` (root logging at INFO)."""
+    import logging
+
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        return text
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
