@@ -17,7 +17,7 @@ import time
 from .errors import InputError, OutputError, VerificationError
 from .load import MAX_PROTO_BYTES, Model
 from .options import FORMATS, ConvertOptions
-from .verify.check import first_failure, naming, verify_conversion
+from .verify.check import check_providers, first_failure, naming, verify_conversion
 
 
 def output_paths(path: str, outdir: str | None, to: tuple[str, ...]) -> dict[str, str]:
@@ -53,6 +53,8 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
 
     exp, ver, ana = opts.export, opts.verify, opts.analysis
     exp.to = check_formats(exp.to)
+    if ver.verify:
+        check_providers(ver.providers)  # before any work: an unusable provider is one line, exit 2
     paths = output_paths(path, outdir, exp.to)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")

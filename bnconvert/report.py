@@ -144,6 +144,9 @@ def verification_table(verification: dict[str, dict], inputs: dict | None = None
     out = [_table(rows)]
     if len(lrows) > 1:
         out += ["", _table(lrows)]
+    notes = [f"{r}: {v['note']}" for r, v in verification.items() if v.get("note")]
+    if notes:
+        out.append("notes:     " + "; ".join(notes))
     if skipped:
         out.append("not compared: " + "; ".join(skipped[:4]) + (f"; … {len(skipped) - 4} more" if len(skipped) > 4 else ""))
     if inputs:

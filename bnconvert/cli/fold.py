@@ -40,6 +40,7 @@ def run(args) -> int:
             only=split_list(args.only), opset=args.opset, batch=args.batch,
             input_shapes=parse_shapes(args.input_shape), data=args.data, providers=providers(args.providers),
             atol=args.atol, rtol=args.rtol, allow_unsafe=args.allow_unsafe_ops, seed=args.seed,
+            samples=args.samples, save_io=args.save_io,
         )
     except Exception as e:
         report = getattr(e, "report", None)

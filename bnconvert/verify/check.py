@@ -101,12 +101,16 @@ def check_providers(providers) -> None:
                          f"(available: {', '.join(have)}); install onnxruntime-gpu or use --providers cpu")
 
 
-def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list):
-    """The original graph on every run: ``(outputs, {probe.original: array})``.  If the probe
-    tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the outputs alone."""
+def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False):
+    """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
+    tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
+    If the probe tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the
+    outputs alone."""
     from .runners import run_tf
 
-    extra = [p.original for p in probes if p.original not in outputs]
+    names = {n.name for n in graph_def.node}
+    extra = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
+             if t not in outputs and node_of(t) in names]
     fetch = list(outputs) + list(dict.fromkeys(extra))
     try:
         got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what), runs)
@@ -117,18 +121,38 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
         got = run_many(lambda f: run_tf(graph_def, f, list(outputs), flags=flags, allow_unsafe=allow_unsafe,
                                         what=what), runs)
         probes.clear()
-    return {o: got[o] for o in outputs}, {p.original: got[p.original] for p in probes}
+    return {o: got[o] for o in outputs}, {t: got[t] for t in extra if t in got} | {
+        o: got[o] for p in probes for o in (p.original,) if o in got}
 
 
-def _layer_rows(probes, lref: dict, got: dict, pick) -> tuple[list, list[str]]:
-    """``compare`` layer rows for the probes this runtime produced; notes for the others."""
+def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tuple[list, list[str]]:
+    """``compare`` layer rows for the probes this runtime produced; notes for the others.
+
+    ``either`` (a converted file made by anything): a tensor named like the folded graph's
+    replacement may hold the *unfolded* value (a plain export keeps the pre-BN tensor under that
+    name), so it is compared with the BN output and with its own value in the original graph,
+    and the closer counts.  A folded model with an error is far from the pre-BN value, so the
+    error still shows.
+    """
+    from .expose import align
+
     rows, skipped = [], []
     for p in probes:
         t = pick(p)
         if t is None:
-            skipped.append(f"{p.name}: '{p.candidate}' is not a tensor of this model")
+            names = dict.fromkeys((p.candidate, p.original))
+            skipped.append(f"{p.name}: {' / '.join(repr(n) for n in names)} not in this model")
             continue
-        rows.append((p.name, p.label if t == p.candidate else p.original, lref[p.original], got.get(t)))
+        ref = lref[p.original]
+        label = p.label if t == p.candidate else p.original
+        if either and t == p.candidate and t != p.original and t in lref and got.get(t) is not None:
+            def dist(r):
+                c = align(r, got[t])
+                return float(np.nanmax(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)))) \
+                    if np.shape(c) == np.shape(r) else float("inf")
+            if dist(lref[t]) < dist(ref):
+                ref, label = lref[t], f"{t} (unfolded)"
+        rows.append((p.name, label, ref, got.get(t)))
     return rows, skipped
 
 
@@ -193,7 +217,7 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
 
 
 def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entries: list, tol: dict, info: dict,
-                 timings: dict | None = None, note: str = "") -> dict[str, dict]:
+                 timings: dict | None = None, note: str = "", either: bool = False) -> dict[str, dict]:
     """Run each ``(runtime, file, fn)`` (``fn() -> (tensors, pick)``, ``pick(probe)`` → the
     tensor holding that layer, ``pick`` None: no layers) and compare with the reference."""
     from .compare import compare as compare_outputs
@@ -210,7 +234,7 @@ def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entrie
         if pick is None:
             rows, miss = [], ([TFLITE_NOTE] if probes else [])
         else:
-            rows, miss = _layer_rows(probes, lref, got, pick)
+            rows, miss = _layer_rows(probes, lref, got, pick, either)
         c = compare_outputs(ref, got, runtime=runtime, file=os.path.basename(file), note="; ".join(notes),
                             samples=info.get("samples"), layers=rows, layers_skipped=list(skipped) + miss, **tol)
         result[runtime] = c.to_dict()
@@ -360,7 +384,8 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
         runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
         notes: list[str] = []
-        ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes)
+        ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
+                                  also_candidates=True)
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     entries = []
     if kind == "onnx":
@@ -387,7 +412,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
                                                 what=converted), runs)
             return got, lambda p: next((t for t in (p.candidate, p.original) if t in got), None)
         entries.append(("tf:converted", converted, tf_conv))
-    result = compare_runs(ref, lref, probes, skipped + notes, entries, tol, info, note=fed_note)
+    result = compare_runs(ref, lref, probes, skipped + notes, entries, tol, info, note=fed_note, either=True)
     for v in result.values():
         v["inputs"] = info
     if vopts.save_io:
