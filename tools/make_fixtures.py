@@ -867,6 +867,11 @@ def _savedmodel_conv(net):
                          "the signature.")
 
 
+import fixtures_verify  # noqa: E402  (verification fixtures, issue 10)
+
+fixtures_verify.register(sys.modules[__name__])
+
+
 # --------------------------------------------------------------------------- machinery
 
 def _seed(name):
