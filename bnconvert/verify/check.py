@@ -101,7 +101,8 @@ def check_providers(providers) -> None:
                          f"(available: {', '.join(have)}); install onnxruntime-gpu or use --providers cpu")
 
 
-def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False):
+def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False,
+                  more: list[str] = ()):
     """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
     tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
     If the probe tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the
@@ -109,20 +110,24 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
     from .runners import run_tf
 
     names = {n.name for n in graph_def.node}
-    extra = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
+    first = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
              if t not in outputs and node_of(t) in names]
-    fetch = list(outputs) + list(dict.fromkeys(extra))
-    try:
-        got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what), runs)
-    except BNConvertError as e:
-        if not extra:
-            raise
-        notes.append(f"layers not compared: the original graph cannot compute them ({e})")
-        got = run_many(lambda f: run_tf(graph_def, f, list(outputs), flags=flags, allow_unsafe=allow_unsafe,
-                                        what=what), runs)
+    first = list(dict.fromkeys(first))
+    second = [t for t in dict.fromkeys(more) if t not in outputs and t not in first]
+    attempts = [first + second, first, []] if second else [first, []]
+    for i, extra in enumerate(attempts):
+        fetch = list(outputs) + extra
+        try:
+            got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what),
+                           runs)
+            break
+        except BNConvertError as e:
+            if i == len(attempts) - 1 or not extra:
+                raise
+            notes.append(f"some layers not compared: the original graph cannot compute them ({e})")
+    if not extra:
         probes.clear()
-    return {o: got[o] for o in outputs}, {t: got[t] for t in extra if t in got} | {
-        o: got[o] for p in probes for o in (p.original,) if o in got}
+    return {o: got[o] for o in outputs}, {t: got[t] for t in extra}
 
 
 def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tuple[list, list[str]]:
@@ -174,7 +179,7 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``."""
     from .layers import layer_probes
     from .inputs import resolve_shapes
-    from .runners import onnx_runtime_label, run_tf, run_tflite
+    from .runners import onnx_runtime_label, run_tf
 
     check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
@@ -184,9 +189,11 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     runs, info = make_samples(folded.model.graph_def, report.inputs, shapes, vopts, fixed)
     report.verification_inputs = info
     probes, skipped = layer_probes(folded.model.graph_def, folded.graph_def, report.layers, report.outputs)
+    orig_names = {n.name for n in folded.model.graph_def.node}
+    tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs) if "tflite" in staged else None
     t = time.perf_counter()
     ref, lref = reference_run(folded.model.graph_def, runs, report.outputs, probes, report.training_flags,
-                              allow_unsafe, folded.model.path, report.notes)
+                              allow_unsafe, folded.model.path, report.notes, more=tfl.references if tfl else ())
     report.timings["verify_tf_original"] = time.perf_counter() - t
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
     outs = report.outputs
@@ -202,8 +209,7 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
             entries.append((onnx_runtime_label(prov), staged["onnx"],
                             lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov)))
     if "tflite" in staged:
-        entries.append(("tflite", staged["tflite"],
-                        lambda: (run_many(lambda f: run_tflite(staged["tflite"], f, outs), runs), None)))
+        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs)))
     report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings))
     if vopts.save_io:
         save_io(vopts.save_io, runs, ref)
@@ -211,17 +217,18 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
         from .power import measure_power
 
         t = time.perf_counter()
+        refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
         report.verification_power = measure_power(folded.graph_def, report.layers, runs, outs, ref, tol,
-                                                  info.get("samples"), allow_unsafe)
+                                                  info.get("samples"), allow_unsafe, refs)
         report.timings["verify_power"] = time.perf_counter() - t
 
 
 def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entries: list, tol: dict, info: dict,
                  timings: dict | None = None, note: str = "", either: bool = False) -> dict[str, dict]:
-    """Run each ``(runtime, file, fn)`` (``fn() -> (tensors, pick)``, ``pick(probe)`` → the
-    tensor holding that layer, ``pick`` None: no layers) and compare with the reference."""
+    """Run each ``(runtime, file, fn)`` and compare with the reference.  ``fn()`` returns
+    ``(tensors, pick)``: ``pick(probe)`` names the tensor holding that layer, or ``pick`` is a
+    :class:`TFLiteLayers` (intermediates matched by their fused names)."""
     from .compare import compare as compare_outputs
-    from .expose import TFLITE_NOTE
 
     result = {}
     for runtime, file, fn in entries:
@@ -231,14 +238,76 @@ def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entrie
         if timings is not None:
             timings[f"verify_{runtime}"] = time.perf_counter() - t
         notes = [n for n in ("TF32 off (use_tf32=0)" if "CUDA" in runtime else "", note) if n]
-        if pick is None:
-            rows, miss = [], ([TFLITE_NOTE] if probes else [])
+        if isinstance(pick, TFLiteLayers):
+            rows, miss = pick.rows(lref, got)
         else:
             rows, miss = _layer_rows(probes, lref, got, pick, either)
         c = compare_outputs(ref, got, runtime=runtime, file=os.path.basename(file), note="; ".join(notes),
                             samples=info.get("samples"), layers=rows, layers_skipped=list(skipped) + miss, **tol)
         result[runtime] = c.to_dict()
     return result
+
+
+class TFLiteLayers:
+    """Layer-by-layer for TFLite: every intermediate tensor of the flatbuffer (read with
+    ``experimental_preserve_all_tensors``) whose name lists TF ops of the original graph.
+
+    The converter fuses ops and names the fused tensor by all of them (``relu1;conv1/BiasAdd;
+    conv1/Conv2D``); the tensor holds the value of one of them, so it is compared with each
+    original tensor named and the closest counts (a wrong kernel is far from all of them).  Ops
+    whose reference is constant (shapes, indices) are not compared.  The BN boundary itself is
+    usually fused away (bias and Relu in one kernel), so these are the tensors around it."""
+
+    PREFIX = "tflite:"
+
+    def __init__(self, path, original_names: set[str], outputs: list[str]):
+        from .runners import tflite_interpreter
+
+        it = tflite_interpreter(path)
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        skip = {node_of(o) for o in outputs}
+        self.tensors: list[tuple[str, list[str]]] = []
+        for op in it._get_ops_details():
+            for i in op["outputs"]:
+                d = details.get(i)
+                if d is None or np.dtype(d["dtype"]).kind != "f":
+                    continue
+                parts = [p for p in dict.fromkeys(d["name"].split(";")) if p in original_names and p not in skip]
+                if parts:
+                    self.tensors.append((d["name"], [f"{p}:0" for p in parts]))
+
+    @property
+    def references(self) -> list[str]:
+        return list(dict.fromkeys(t for _, parts in self.tensors for t in parts))
+
+    def run(self, path, runs, outs, extra=None):
+        from .runners import run_tflite
+
+        def one(f):
+            inter: dict = {}
+            got = run_tflite(path, {**f, **(extra or {})}, outs, intermediates=inter)
+            got.update({self.PREFIX + k: v for k, v in inter.items()})
+            return got
+        return run_many(one, runs), self
+
+    def rows(self, lref: dict, got: dict) -> tuple[list, list[str]]:
+        from .compare import reference_constant
+        from .expose import align
+
+        rows = []
+        for name, parts in self.tensors:
+            cand = got.get(self.PREFIX + name)
+            refs = [(p, lref[p]) for p in parts if p in lref and not reference_constant(lref[p])]
+            if cand is None or not refs:
+                continue
+
+            def dist(r):
+                c = align(r, cand)
+                return float(np.nanmax(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)))) \
+                    if np.shape(c) == np.shape(r) else float("inf")
+            best, ref = min(refs, key=lambda pr: dist(pr[1]))
+            rows.append((node_of(best), f"{best} (tflite '{name}')", ref, cand))
+        return rows, ([] if rows else ["tflite: no intermediate tensor of the .tflite names a tensor of the original"])
 
 
 def save_io(folder, runs: list[dict], ref: dict) -> None:
@@ -367,7 +436,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     """
     from ..load import load
     from .layers import layer_probes
-    from .runners import onnx_runtime_label, run_tf, run_tflite
+    from .runners import onnx_runtime_label, run_tf
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
@@ -384,8 +453,9 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
         runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
         notes: list[str] = []
+        tfl = TFLiteLayers(converted, {n.name for n in model.graph_def.node}, outs) if kind == "tflite" else None
         ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
-                                  also_candidates=True)
+                                  also_candidates=True, more=tfl.references if tfl else ())
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     entries = []
     if kind == "onnx":
@@ -393,8 +463,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
             entries.append((onnx_runtime_label(prov), converted,
                             lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra)))
     elif kind == "tflite":
-        entries.append(("tflite", converted,
-                        lambda: (run_many(lambda f: run_tflite(converted, {**f, **extra}, outs), runs), None)))
+        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra)))
     else:
         conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
