@@ -226,7 +226,8 @@ def apply_fold(g: Graph, p: Plan, outputs: set[str]) -> str:
     _replace_output(g, m, new, outputs)
     if p.reshape is not None:
         _collapse_reshape_pair(g, p.reshape)
-        return g.inputs(g.nodes[p.reshape])[0]  # the same values before contrib's rank-4 reshape
+        if node_of(new) == p.reshape:  # contrib's rank-4 reshape right before the BN: same values before it
+            return g.inputs(g.nodes[p.reshape])[0]
     return new
 
 

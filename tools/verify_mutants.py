@@ -198,8 +198,15 @@ def main(argv=None) -> int:
 
     specs = [s for s in fixture_specs() if not args.only or s["name"] in args.only]
     rows, caught, total, t0 = [], 0, 0, time.time()
+    from bnconvert.errors import BNConvertError
+
     for spec in specs:
-        r = sweep_fixture(spec, args.samples)
+        try:
+            r = sweep_fixture(spec, args.samples)
+        except BNConvertError as e:  # the untouched conversion itself failed: a finding, not a crash
+            print(f"{spec['name']:26s} CONVERSION FAILED: {e}", flush=True)
+            rows.append({"fixture": spec["name"], "caught": 0, "total": 0, "clean": {"convert": {"status": "error"}}})
+            continue
         rows.append(r)
         caught, total = caught + r["caught"], total + r["total"]
         clean = ",".join(f"{k}:{v['status']}" for k, v in r["clean"].items())
