@@ -114,9 +114,9 @@ def _g(v) -> str:
 
 
 def _result(o: dict) -> str:
-    if o.get("constant"):
-        return f"INCONCLUSIVE ({o['constant']})"
-    return "PASS" if o.get("ok") else "FAIL"
+    if not o.get("ok"):
+        return "FAIL"
+    return f"INCONCLUSIVE ({o['constant']})" if o.get("constant") else "PASS"
 
 
 def verification_table(verification: dict[str, dict], inputs: dict | None = None, power: dict | None = None) -> str:
@@ -136,8 +136,8 @@ def verification_table(verification: dict[str, dict], inputs: dict | None = None
                 skipped.append(note)
         if layers:
             worst = v.get("worst_layer") or {}
-            bad = next((o for o in layers if not o.get("ok")), None)
-            n_ok = sum(1 for o in layers if o.get("ok"))
+            bad = next((o for o in layers if not o.get("ok") or o.get("constant")), None)
+            n_ok = sum(1 for o in layers if o.get("ok") and not o.get("constant"))
             lrows.append((runtime, f"{n_ok}/{len(layers)} ok", worst.get("name", "-"), _g(worst.get("max_rel")),
                           "-" if bad is None else f"{bad['name']} ({_g(bad.get('max_rel'))})",
                           "PASS" if bad is None else _result(bad)))

@@ -47,8 +47,8 @@ def test_constant_reference_is_inconclusive_not_pass(ref, why):
     assert why in reference_constant(ref, samples=8)
     c = compare({"y": ref}, {"y": ref.copy()}, "tf:folded", "m.pb", samples=8)
     assert not c.ok and c.status == "inconclusive"
-    d = c.to_dict()["outputs"][0]
-    assert why in d["constant"] and d["ok"] is False
+    d = c.to_dict()
+    assert why in d["outputs"][0]["constant"] and d["ok"] is False and d["status"] == "inconclusive"
 
 
 def test_reference_magnitude_and_a_real_failure_wins_over_inconclusive():

@@ -337,11 +337,12 @@ def first_failure(verification: dict) -> str:
             continue
         if v.get("status") == "inconclusive":
             const = next((o for o in v.get("outputs", []) + v.get("layers", []) if o.get("constant")), {})
-            return (f"verification inconclusive: reference {const.get('name')} is {const.get('constant')} on the "
-                    f"random inputs, so no error can show; verify with real inputs: --data inputs.npz")
-        bad_layer = next((o for o in v.get("layers", []) if not o.get("ok") and not o.get("constant")), None)
+            what = "output" if const in v.get("outputs", []) else "layer"
+            return (f"verification inconclusive: the original's {what} {const.get('name')} is {const.get('constant')} "
+                    f"on these inputs, so no error can show; verify with real inputs: --data inputs.npz")
+        bad_layer = next((o for o in v.get("layers", []) if not o.get("ok")), None)
         for o in v.get("outputs", []):
-            if not o.get("ok") and not o.get("constant"):
+            if not o.get("ok"):
                 where = (f"; first wrong layer {bad_layer['name']} (max rel {bad_layer['max_rel']:.3g})"
                          if bad_layer else "")
                 return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "

@@ -92,7 +92,7 @@ class Comparison:
     @property
     def status(self) -> str:
         """"pass", "fail" (an error beyond tolerance: decisive) or "inconclusive" (a constant reference)."""
-        if any(not o.ok and not o.constant for o in self.outputs + self.layers) or not self.outputs:
+        if any(not o.ok for o in self.outputs + self.layers) or not self.outputs:
             return "fail"
         if any(o.constant for o in self.outputs + self.layers):
             return "inconclusive"
@@ -185,13 +185,14 @@ def compare_output(name: str, reference, candidate, atol: float = DEFAULT_ATOL,
     """Statistics and verdict for one output (see the module docstring for the rule).
 
     ``samples``: how many samples the batch axis holds (to find a reference that ignores its
-    input); a constant reference is never ok.
+    input); verification always passes it.  Without it only the element-wise rule applies (a
+    NaN where the reference has NaN agrees, as before).  ``ok`` says whether the candidate agrees within tolerance; ``constant`` whether
+    that agreement proves anything — a :class:`Comparison` with a constant reference is never
+    ok (its ``status`` is "inconclusive").
     """
     stats = _compare_output(name, reference, candidate, atol, rtol)
     stats.ref_max, stats.ref_std = _magnitude(reference)
-    stats.constant = reference_constant(reference, samples)
-    if stats.constant:
-        stats.ok = False
+    stats.constant = reference_constant(reference, samples) if samples is not None else ""
     return stats
 
 
@@ -261,7 +262,7 @@ def compare(reference: dict, candidate: dict, runtime: str, file: str, atol: flo
         st = compare_output(lname, ref, cand, atol, rtol, samples)
         st.tensor = tensors
         lstats.append(st)
-    ok = bool(stats) and all(s.ok for s in stats + lstats)
+    ok = bool(stats) and all(s.ok and not s.constant for s in stats + lstats)
     return Comparison(runtime, str(file), stats, ok, note, atol, rtol, layers=lstats,
                       layers_skipped=list(layers_skipped or []))
 
