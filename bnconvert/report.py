@@ -136,11 +136,13 @@ def verification_table(verification: dict[str, dict], inputs: dict | None = None
                 skipped.append(note)
         if layers:
             worst = v.get("worst_layer") or {}
-            bad = next((o for o in layers if not o.get("ok") or o.get("constant")), None)
+            bad = next((o for o in layers if not o.get("ok")), None)
             n_ok = sum(1 for o in layers if o.get("ok") and not o.get("constant"))
-            lrows.append((runtime, f"{n_ok}/{len(layers)} ok", worst.get("name", "-"), _g(worst.get("max_rel")),
-                          "-" if bad is None else f"{bad['name']} ({_g(bad.get('max_rel'))})",
-                          "PASS" if bad is None else _result(bad)))
+            n_const = sum(1 for o in layers if o.get("constant"))
+            count = f"{n_ok}/{len(layers)} ok" + (f", {n_const} constant" if n_const else "")
+            verdict = "FAIL" if bad else "INCONCLUSIVE" if n_const == len(layers) else "PASS"
+            lrows.append((runtime, count, worst.get("name", "-"), _g(worst.get("max_rel")),
+                          "-" if bad is None else f"{bad['name']} ({_g(bad.get('max_rel'))})", verdict))
     out = [_table(rows)]
     if len(lrows) > 1:
         out += ["", _table(lrows)]

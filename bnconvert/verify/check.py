@@ -177,8 +177,8 @@ def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None):
 def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
     """Compare every staged file with the original graph; results go into ``report.verification``
     (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``."""
-    from .layers import layer_probes
     from .inputs import resolve_shapes
+    from .layers import fold_changed, layer_probes
     from .runners import onnx_runtime_label, run_tf
 
     check_providers(vopts.providers)
@@ -190,7 +190,8 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     report.verification_inputs = info
     probes, skipped = layer_probes(folded.model.graph_def, folded.graph_def, report.layers, report.outputs)
     orig_names = {n.name for n in folded.model.graph_def.node}
-    tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs) if "tflite" in staged else None
+    tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs,
+                       fold_changed(folded.model.graph_def, report.layers)) if "tflite" in staged else None
     t = time.perf_counter()
     ref, lref = reference_run(folded.model.graph_def, runs, report.outputs, probes, report.training_flags,
                               allow_unsafe, folded.model.path, report.notes, more=tfl.references if tfl else ())
@@ -260,12 +261,12 @@ class TFLiteLayers:
 
     PREFIX = "tflite:"
 
-    def __init__(self, path, original_names: set[str], outputs: list[str]):
+    def __init__(self, path, original_names: set[str], outputs: list[str], changed: set[str] = frozenset()):
         from .runners import tflite_interpreter
 
         it = tflite_interpreter(path)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        skip = {node_of(o) for o in outputs}
+        skip = {node_of(o) for o in outputs} | set(changed)  # changed: see layers.fold_changed
         self.tensors: list[tuple[str, list[str]]] = []
         for op in it._get_ops_details():
             for i in op["outputs"]:
@@ -436,7 +437,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     The description of the inputs is in the returned dict's ``"inputs"`` entry of each runtime.
     """
     from ..load import load
-    from .layers import layer_probes
+    from .layers import fold_changed, layer_probes
     from .runners import onnx_runtime_label, run_tf
 
     if not os.path.exists(converted):
@@ -454,7 +455,8 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
         runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
         notes: list[str] = []
-        tfl = TFLiteLayers(converted, {n.name for n in model.graph_def.node}, outs) if kind == "tflite" else None
+        tfl = TFLiteLayers(converted, {n.name for n in model.graph_def.node}, outs,
+                           fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
         ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
                                   also_candidates=True, more=tfl.references if tfl else ())
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])

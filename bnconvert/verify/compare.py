@@ -28,6 +28,10 @@ one weight off by 1e-3 (1e-5 relative) or a dropped epsilon of 1e-5 on unit vari
 dead ReLUs), or every sample giving the same values (the output ignores the input).  A
 comparison against a constant reference proves nothing, so it is "inconclusive": not a pass
 (``ok`` False, ``status`` "inconclusive"), and the user is told to feed real inputs (``--data``).
+Decision for *layers*: a layer constant on the inputs used (e.g. a conv whose input Relu is dead
+deep in a random-weight net: resnet_like's bn30) is shown as inconclusive in its row but only
+makes the whole comparison inconclusive when every layer is; the outputs still vary, so the
+check is not vacuous, that layer just adds no evidence.
 
 **Layer by layer** (``layers``): the same rule is applied to each folded batch norm's output
 (the original BN tensor against the tensor that replaces it) and to the logits in front of a
@@ -94,7 +98,7 @@ class Comparison:
         """"pass", "fail" (an error beyond tolerance: decisive) or "inconclusive" (a constant reference)."""
         if any(not o.ok for o in self.outputs + self.layers) or not self.outputs:
             return "fail"
-        if any(o.constant for o in self.outputs + self.layers):
+        if any(o.constant for o in self.outputs) or (self.layers and all(o.constant for o in self.layers)):
             return "inconclusive"
         return "pass"
 
@@ -262,9 +266,10 @@ def compare(reference: dict, candidate: dict, runtime: str, file: str, atol: flo
         st = compare_output(lname, ref, cand, atol, rtol, samples)
         st.tensor = tensors
         lstats.append(st)
-    ok = bool(stats) and all(s.ok and not s.constant for s in stats + lstats)
-    return Comparison(runtime, str(file), stats, ok, note, atol, rtol, layers=lstats,
-                      layers_skipped=list(layers_skipped or []))
+    c = Comparison(runtime, str(file), stats, False, note, atol, rtol, layers=lstats,
+                   layers_skipped=list(layers_skipped or []))
+    c.ok = c.status == "pass"
+    return c
 
 
 def _fmt(v) -> str:

@@ -39,7 +39,8 @@ def expose_onnx(model_path, tensors: list[str]):
 
 def align(reference: np.ndarray, candidate):
     """``candidate`` laid out like ``reference``: as is when the shapes agree, channels-first
-    transposed to channels-last (tf2onnx's NCHW convs), or reshaped when only the rank differs
+    transposed to channels-last (tf2onnx's NCHW convs) or back (TFLite runs NCHW graphs in
+    NHWC), or reshaped when only the rank differs
     (contrib's rank-4 BN around a dense layer).  With both layouts possible (H == W == C) the
     closer one is taken: a mutation that only matches when transposed is not plausible."""
     if candidate is None:
@@ -49,10 +50,12 @@ def align(reference: np.ndarray, candidate):
     if cand.shape == ref.shape:
         options.append(cand)
     if cand.ndim == ref.ndim and cand.ndim in (4, 5):
-        perm = (0,) + tuple(range(2, cand.ndim)) + (1,)
-        t = np.transpose(cand, perm)
-        if t.shape == ref.shape:
-            options.append(t)
+        to_last = (0,) + tuple(range(2, cand.ndim)) + (1,)  # tf2onnx: NCHW tensor for an NHWC graph
+        to_first = (0, cand.ndim - 1) + tuple(range(1, cand.ndim - 1))  # TFLite: NHWC for an NCHW graph
+        for perm in (to_last, to_first):
+            t = np.transpose(cand, perm)
+            if t.shape == ref.shape:
+                options.append(t)
     if not options and cand.size == ref.size and cand.ndim != ref.ndim:
         options.append(cand.reshape(ref.shape))
     if not options:

@@ -68,3 +68,26 @@ def layer_probes(original_gd, folded_gd, layers: list[dict], outputs: list[str])
     order = {name: i for i, name in enumerate(orig.topo_order())}
     probes.sort(key=lambda p: order.get(node_of(p.original), len(order)))
     return probes, skipped
+
+
+def fold_changed(original_gd, layers: list[dict]) -> set[str]:
+    """Nodes of the original graph whose value a fold changes: each folded producer and every
+    node between it and its BN output (bias, reshape, identity).  The folded graph keeps their
+    names, so a converted model's tensor named after one of them must not be compared with the
+    original's value (TFLite names fused tensors after such nodes)."""
+    g = Graph(original_gd, copy_nodes=False)
+    out: set[str] = set()
+    for ly in layers:
+        prod, y = ly.get("producer"), ly.get("bn_output")
+        if ly.get("action") != "fold" or not prod or not y or prod not in g:
+            continue
+        between = g.ancestors([y], control=False)
+        stack, seen = [prod], set()
+        while stack:
+            n = stack.pop()
+            if n in seen or (n not in between):
+                continue
+            seen.add(n)
+            stack.extend(g.all_consumers(n))
+        out |= seen - {node_of(y)}
+    return out
