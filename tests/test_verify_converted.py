@@ -100,38 +100,45 @@ def _dead_relu_pb(path):
 
 
 def test_dead_relu_output_is_inconclusive_never_pass(tmp_path):
+    import json
+
     pb = str(tmp_path / "dead.pb")
     _dead_relu_pb(pb)
-    with pytest.raises(VerificationError, match="inconclusive.*all zeros.*--data") as e:
-        bnconvert.convert(pb, str(tmp_path / "out"), to=("pb", "onnx"))
-    rep = e.value.report
-    assert not rep.ok and rep.status == "inconclusive"
-    out = rep.verification["tf:folded"]["outputs"][0]
-    assert out["constant"] == "all zeros" and out["ref_max"] == 0
     # the CLI prints the same tables as for a pass, then the error line; exit 1
     p = _cli("fold", pb, "-o", str(tmp_path / "cli"), "--to", "pb")
-    assert p.returncode == 1
+    assert p.returncode == 1, p.stderr
     assert "INCONCLUSIVE (all zeros)" in p.stdout and "max|ref|" in p.stdout
     assert p.stderr.strip().startswith("bnconvert: error: verification inconclusive")
+    assert "all zeros" in p.stderr and "--data" in p.stderr
+    with open(tmp_path / "cli" / "dead.report.json") as f:
+        rep = json.load(f)
+    assert rep["ok"] is False
+    v = rep["verification"]["tf:folded"]
+    assert v["status"] == "inconclusive" and v["outputs"][0]["constant"] == "all zeros"
+    assert v["outputs"][0]["ref_max"] == 0 and rep["verification_inputs"]["samples"] == 8
 
 
-def test_failed_verify_prints_tables_then_the_error(tmp_path):
+def test_failed_verify_prints_tables_then_the_error(tf2onnx_exports, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    out = tmp_path / "out"
-    report = bnconvert.convert(MLP, str(out), to=("onnx",))
-    m = onnx.load(report.files["onnx"])
-    init = next(i for i in m.graph.initializer if "bn_folded/weights" in i.name)
+    m = onnx.load(tf2onnx_exports["plain"])
+    init = next(i for i in m.graph.initializer if i.name.startswith("dense2/"))
     w = numpy_helper.to_array(init).copy()
+    assert w.ndim == 2
     w[:, 0] *= 1.01
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     bad = str(tmp_path / "bad.onnx")
     onnx.save(m, bad)
+    res = bnconvert.compare(MLP, bad, raise_on_failure=False)["onnx:CPUExecutionProvider"]
+    assert res["status"] == "fail" and [o["ok"] for o in res["layers"]] == [True, False]  # bn2 is first
+    with pytest.raises(VerificationError) as e:
+        bnconvert.compare(MLP, bad)
+    assert "layer bn2" in str(e.value) and e.value.report.verification
     p = _cli("verify", MLP, bad)
     assert p.returncode == 1
     assert "runtime" in p.stdout and "FAIL" in p.stdout and "inputs:" in p.stdout
-    assert "verification failed" in p.stderr and "layer bn" in p.stderr
+    assert "verification failed" in p.stderr and "layer bn2" in p.stderr
 
 
 def test_unusable_cuda_provider_is_refused_before_any_work(tmp_path):
