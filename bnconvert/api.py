@@ -166,7 +166,8 @@ def compare(
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite, made by anything) with ``original``.
 
     Returns one entry per runtime (``"tf:converted"``, ``"onnx:CPUExecutionProvider"``, …) with
-    per-output statistics; raises :class:`VerificationError` on a mismatch unless
+    per-output and per-layer statistics, ``status`` and the ``inputs`` used (``samples`` seeded
+    random samples; ``save_io``: a folder for inputs.npz/expected.npz); raises :class:`VerificationError` on a mismatch unless
     ``raise_on_failure`` is False.
     """
     from .errors import VerificationError

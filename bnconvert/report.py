@@ -2,7 +2,10 @@
 
 Keys tools rely on: ``bn`` {found, folded, scale_shift, refused}, ``layers`` [{name, form,
 producer, action, reason, ...}], ``training_flags``, ``inputs``, ``outputs``, ``files``,
-``timings`` (seconds per stage), ``verification`` (one entry per runtime) and ``ok``.
+``timings`` (seconds per stage), ``verification`` (one entry per runtime: ``status`` pass/fail/
+inconclusive, ``outputs`` and ``layers`` with their errors and the reference's magnitude,
+``worst_layer``, ``layers_skipped``), ``verification_inputs`` (samples, seed, distributions or the
+``--data`` file), ``verification_power`` (see :mod:`bnconvert.verify.power`) and ``ok``.
 """
 from __future__ import annotations
 
