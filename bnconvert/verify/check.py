@@ -56,6 +56,18 @@ def dtype_tolerances(ref: dict, atol, rtol, tol: dict, notes: list) -> dict:
     return out
 
 
+def make_feeds(graph_def, inputs, shapes, data, seed):
+    """One feed dict (tools/gpu_check.py): ``data`` (.npz) if given, else seeded random ones."""
+    from ..tfproto import np_dtype
+    from .inputs import load_npz_inputs, random_inputs
+
+    if data:
+        return load_npz_inputs(data, inputs)
+    g = Graph(graph_def)
+    dtypes = {t: np_dtype(g.node(t).attr["dtype"].type) for t in inputs}
+    return random_inputs(shapes, dtypes, seed=seed)
+
+
 def make_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = None):
     """``(runs, info)``: the verification inputs as a list of feed dicts and their description.
 
