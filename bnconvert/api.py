@@ -406,13 +406,16 @@ def compare(
     rtol: float | None = None,
     allow_unsafe: bool = False,
     seed: int = 0,
+    samples: int = 8,
+    save_io: str | None = None,
     raise_on_failure: bool = True,
     max_memory: int | str | None = None,
 ) -> dict[str, dict]:
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite, made by anything) with ``original``.
 
     Returns one entry per runtime (``"tf:converted"``, ``"onnx:CPUExecutionProvider"``, …) with
-    per-output statistics; raises :class:`VerificationError` on a mismatch unless
+    per-output and per-layer statistics, ``status`` and the ``inputs`` used (``samples`` seeded
+    random samples; ``save_io``: a folder for inputs.npz/expected.npz); raises :class:`VerificationError` on a mismatch unless
     ``raise_on_failure`` is False.
     """
     from .verify.check import first_failure, verify_converted
@@ -432,15 +435,19 @@ def compare(
     input_shapes = a["input_shapes"]
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
+    from .verify.check import check_providers
+
+    check_providers(providers)
     with _naming(original if isinstance(original, (str, os.PathLike)) else ""):
         model = _as_model(original, allow_unsafe=allow_unsafe)
         info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
         shapes = resolve_shapes(model.graph_def, info.inputs, input_shapes, batch=batch)
-    vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed)
+    vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed, samples=samples,
+                          save_io=save_io)
     with progress.stage("verify"):
         result = verify_converted(model, converted, info, shapes, vopts, allow_unsafe=allow_unsafe)
     if raise_on_failure and not all(v["ok"] for v in result.values()):
         err = VerificationError(first_failure(result))
-        err.report = Report(verification=result)
+        err.report = Report(verification=result, verification_inputs=next(iter(result.values()), {}).get("inputs", {}))
         raise err
     return result

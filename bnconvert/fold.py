@@ -331,7 +331,7 @@ def _fold_weights(g: Graph, node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
     raise UnsupportedError(f"internal: no fold for {node.op}")
 
 
-def apply_fold(g: Graph, p: Plan, outputs: set[str]) -> None:
+def apply_fold(g: Graph, p: Plan, outputs: set[str]) -> str:
     m = p.match
     prod = g.nodes[p.producer]
     w_t = g.inputs(prod)[p.weight_input]
@@ -353,7 +353,10 @@ def apply_fold(g: Graph, p: Plan, outputs: set[str]) -> None:
     for name in p.path:  # contrib's rank-2 path: Reshape to [-1,1,1,C] ... and back
         if name in g.nodes and g.nodes[name].op == "Reshape":
             _collapse_reshape_pair(g, name)
+            if node_of(new) == name:  # the reshape right before the BN: same values before it
+                return g.inputs(g.nodes[name])[0]
             break
+    return new
 
 
 def _insert_bias(g: Graph, prod, bias: np.ndarray) -> str:
@@ -430,7 +433,7 @@ def _collapse_reshape_pair(g: Graph, first: str) -> None:
             g.rewire(f"{cname}:0", z)
 
 
-def apply_scale_shift(g: Graph, m: BNMatch, outputs: set[str]) -> None:
+def apply_scale_shift(g: Graph, m: BNMatch, outputs: set[str]) -> str:
     xdt = _x_dtype(g, m)
     s = g.add_const(f"{m.name}/scale_shift/scale", m.scale.reshape(m.param_shape).astype(xdt))
     t = g.add_const(f"{m.name}/scale_shift/shift", m.shift.reshape(m.param_shape).astype(xdt))
@@ -438,6 +441,7 @@ def apply_scale_shift(g: Graph, m: BNMatch, outputs: set[str]) -> None:
     mul = g.new_node("Mul", f"{m.name}/scale_shift/mul", [m.x, f"{s.name}:0"], T=T)
     add = g.new_node("AddV2", f"{m.name}/scale_shift/add", [f"{mul.name}:0", f"{t.name}:0"], T=T)
     _replace_output(g, m, f"{add.name}:0", outputs)
+    return f"{add.name}:0"
 
 
 def _x_dtype(g: Graph, m: BNMatch) -> np.dtype:
@@ -494,14 +498,12 @@ def fold_all(g: Graph, outputs: list[str], mode: str = "fold", only: set[str] | 
                 continue
             taken |= p.touched
             replaced.update({n: g.nodes[n].op for n in m.nodes})
-            if p.action == "fold":
-                apply_fold(g, p, out_set)
-            else:
-                apply_scale_shift(g, m, out_set)
+            new = apply_fold(g, p, out_set) if p.action == "fold" else apply_scale_shift(g, m, out_set)
             progressed = True
             progress.advance()
-            layers.append(LayerRecord(m.name, m.form, p.producer, p.action, p.reason, m.channels,
-                                      _details(m, p)))
+            # verification compares the BN's output in the original graph with its replacement
+            details = {**_details(m, p), "bn_output": m.y, "replaced_by": m.y if m.y in out_set else new}
+            layers.append(LayerRecord(m.name, m.form, p.producer, p.action, p.reason, m.channels, details))
             log.info("%s %s (%s)%s", p.action, m.name, m.form, f": {p.reason}" if p.reason else "")
         if not progressed:
             raise UnsupportedError("internal: batch norms left that no round could place")

@@ -52,6 +52,9 @@ class VerifyOptions:
     atol: float | None = None
     rtol: float | None = None
     seed: int = 0
+    samples: int = 8  # see bnconvert.verify.inputs.sample_runs
+    save_io: str | None = None  # folder for inputs.npz / expected.npz (what verify-onnx takes)
+    power: bool = True  # measure the check's power on the inputs used (bnconvert.verify.power)
 
 
 @dataclass

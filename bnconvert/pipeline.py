@@ -18,7 +18,7 @@ from . import progress
 from .errors import InputError, OutputError, VerificationError
 from .load import MAX_PROTO_BYTES, Model
 from .options import FORMATS, ConvertOptions
-from .verify.check import first_failure, naming, verify_conversion
+from .verify.check import check_providers, first_failure, naming, verify_conversion
 
 
 def output_stem(path: str) -> str:
@@ -75,6 +75,8 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
     if opts.max_memory is not None:
         budget.configure(opts.max_memory)
     exp.to = check_formats(exp.to)
+    if ver.verify:
+        check_providers(ver.providers)  # before any work: an unusable provider is one line, exit 2
     paths = output_paths(path, outdir, exp.to, opts.fold.mode)
     if opts.quantize.quantize or opts.quantize.calibration:
         from .quantize import prepare

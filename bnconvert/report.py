@@ -2,7 +2,10 @@
 
 Keys tools rely on: ``bn`` {found, folded, scale_shift, refused}, ``layers`` [{name, form,
 producer, action, reason, ...}], ``training_flags``, ``inputs``, ``outputs``, ``files``,
-``timings`` (seconds per stage), ``verification`` (one entry per runtime) and ``ok``.
+``timings`` (seconds per stage), ``verification`` (one entry per runtime: ``status`` pass/fail/
+inconclusive, ``outputs`` and ``layers`` with their errors and the reference's magnitude,
+``worst_layer``, ``layers_skipped``), ``verification_inputs`` (samples, seed, distributions or the
+``--data`` file), ``verification_power`` (see :mod:`bnconvert.verify.power`) and ``ok``.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class Report:
     exports: dict[str, dict] = field(default_factory=dict)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     verification: dict[str, dict] = field(default_factory=dict)
+    verification_inputs: dict = field(default_factory=dict)  # samples, seed, distributions (or --data)
+    verification_power: dict = field(default_factory=dict)  # bnconvert.verify.power.measure_power
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quantization: dict = field(default_factory=dict)  # int8 files: bnconvert.quantize, verify/quant.py
@@ -44,6 +49,12 @@ class Report:
     def ok(self) -> bool:
         return self.bn["refused"] == 0 and all(v.get("ok", False) for v in self.verification.values()) and all(
             v.get("ok", False) for v in self.quantization.get("verification", {}).values())
+
+    @property
+    def status(self) -> str:
+        """"pass", "fail" or "inconclusive" (a constant reference: nothing could show an error)."""
+        st = [v.get("status", "pass" if v.get("ok") else "fail") for v in self.verification.values()]
+        return "fail" if "fail" in st or self.bn["refused"] else "inconclusive" if "inconclusive" in st else "pass"
 
     def to_dict(self) -> dict:
         from . import __version__
@@ -66,6 +77,8 @@ class Report:
             "exports": self.exports,
             "input_shapes": self.input_shapes,
             "verification": self.verification,
+            "verification_inputs": self.verification_inputs,
+            "verification_power": self.verification_power,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
             **({"quantization": self.quantization} if self.quantization else {}),
@@ -100,7 +113,7 @@ class Report:
         return _table(rows)
 
     def verification_table(self) -> str:
-        return verification_table(self.verification)
+        return verification_table(self.verification, self.verification_inputs, self.verification_power)
 
     def quantization_table(self) -> str:
         from .verify.quant import table
@@ -111,16 +124,67 @@ class Report:
         return "\n".join(f"wrote {kind:7s} {path}" for kind, path in self.files.items())
 
 
-def verification_table(verification: dict[str, dict]) -> str:
-    """One row per runtime and output: errors against the original graph, PASS/FAIL."""
-    rows = [("runtime", "output", "max abs", "max rel", "mean abs", "argmax", "result")]
+def _g(v) -> str:
+    try:
+        return f"{float(v):.3g}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _result(o: dict) -> str:
+    if not o.get("ok"):
+        return "FAIL"
+    return f"INCONCLUSIVE ({o['constant']})" if o.get("constant") else "PASS"
+
+
+def verification_table(verification: dict[str, dict], inputs: dict | None = None, power: dict | None = None) -> str:
+    """Errors against the original graph: one row per runtime and output (with the reference's
+    magnitude), then each runtime's worst layer, the inputs used and the check's power."""
+    rows = [("runtime", "output", "max|ref|", "ref std", "max abs", "max rel", "argmax", "result")]
+    lrows = [("runtime", "layers", "worst layer", "max rel", "first failing layer", "result")]
+    skipped: list[str] = []
     for runtime, v in verification.items():
         for o in v.get("outputs", []):
             agree = o.get("argmax_agreement")
-            rows.append((runtime, o.get("name"), f"{o.get('max_abs', float('nan')):.3g}",
-                         f"{o.get('max_rel', float('nan')):.3g}", f"{o.get('mean_abs', float('nan')):.3g}",
-                         "-" if agree is None else f"{100 * agree:.1f}%", "PASS" if o.get("ok") else "FAIL"))
-    return _table(rows)
+            rows.append((runtime, o.get("name"), _g(o.get("ref_max")), _g(o.get("ref_std")), _g(o.get("max_abs")),
+                         _g(o.get("max_rel")), "-" if agree is None else f"{100 * agree:.1f}%", _result(o)))
+        layers = v.get("layers", [])
+        for note in v.get("layers_skipped", []):
+            if note not in skipped:
+                skipped.append(note)
+        if layers:
+            worst = v.get("worst_layer") or {}
+            bad = next((o for o in layers if not o.get("ok")), None)
+            n_ok = sum(1 for o in layers if o.get("ok") and not o.get("constant"))
+            n_const = sum(1 for o in layers if o.get("constant"))
+            count = f"{n_ok}/{len(layers)} ok" + (f", {n_const} constant" if n_const else "")
+            verdict = "FAIL" if bad else "INCONCLUSIVE" if n_const == len(layers) else "PASS"
+            lrows.append((runtime, count, worst.get("name", "-"), _g(worst.get("max_rel")),
+                          "-" if bad is None else f"{bad['name']} ({_g(bad.get('max_rel'))})", verdict))
+    out = [_table(rows)]
+    if len(lrows) > 1:
+        out += ["", _table(lrows)]
+    notes = [f"{r}: {v['note']}" for r, v in verification.items() if v.get("note")]
+    if notes:
+        out.append("notes:     " + "; ".join(notes))
+    if skipped:
+        out.append("not compared: " + "; ".join(skipped[:4]) + (f"; … {len(skipped) - 4} more" if len(skipped) > 4 else ""))
+    if inputs:
+        out.append(inputs_line(inputs))
+    if power:
+        from .verify.power import power_line
+
+        out.append(power_line(power))
+    return "\n".join(out)
+
+
+def inputs_line(info: dict) -> str:
+    """``inputs:    8 samples, seed 0 (x:0 normal x4 + uniform[0,1) x4)`` or the --data file."""
+    if info.get("source") != "random":
+        return f"inputs:    {info.get('samples')} samples from {info.get('source')}"
+    runs = f" in {info['runs']} runs of batch {info['batch']}" if info.get("runs", 1) > 1 and info.get("batch") else ""
+    dists = ", ".join(f"{k} {v}" for k, v in info.get("distributions", {}).items())
+    return f"inputs:    {info.get('samples')} random samples{runs}, seed {info.get('seed')} ({dists})"
 
 
 def _table(rows: list[tuple]) -> str:

@@ -870,6 +870,9 @@ def _savedmodel_conv(net):
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures_forms import register as _register_forms  # noqa: E402  (computed params, QAT, Conv1D)
 _register_forms(sys.modules[__name__])
+import fixtures_verify  # noqa: E402  (verification fixtures, issue 10)
+
+fixtures_verify.register(sys.modules[__name__])
 
 
 # --------------------------------------------------------------------------- machinery

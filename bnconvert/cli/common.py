@@ -56,6 +56,10 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--atol", type=float, default=None, help=atol_help)
     p.add_argument("--rtol", type=float, default=None, help=rtol_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--samples", type=int, default=8,
+                   help="random samples to verify on (default: 8; a fixed batch runs several times)")
+    p.add_argument("--save-io", metavar="DIR",
+                   help="write the verification inputs and expected outputs (inputs.npz, expected.npz) for verify-onnx")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="run graphs even if they hold file/process I/O ops")
 

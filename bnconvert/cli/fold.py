@@ -55,6 +55,7 @@ def run(args) -> int:
             quantize=args.quantize, calibration=args.calibration, calibration_samples=args.calibration_samples,
             int8_io=args.int8_io, int8_min_top1=args.int8_min_top1, int8_min_cosine=args.int8_min_cosine,
             int8_min_sqnr=args.int8_min_sqnr,
+            samples=args.samples, save_io=args.save_io,
         )
     except Exception as e:
         report = getattr(e, "report", None)

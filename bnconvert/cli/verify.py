@@ -16,27 +16,38 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from .. import api
+    from ..errors import VerificationError
     from ..inference import parse_set
+
+    try:
+        result = api.compare(
+            args.original, args.converted, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
+            set_flags=parse_set(args.set), providers=providers(args.providers), data=args.data,
+            input_shapes=parse_shapes(args.input_shape), batch=args.batch, atol=args.atol, rtol=args.rtol,
+            allow_unsafe=args.allow_unsafe_ops, seed=args.seed, samples=args.samples, save_io=args.save_io,
+            raise_on_failure=True,
+        )
+    except VerificationError as e:
+        # a failed (or inconclusive) check prints the same tables as a pass, then the error line
+        rep = getattr(e, "report", None)
+        if rep is not None and not getattr(args, "quiet", False):
+            _print(rep.verification, args.json)
+        raise
+    if not getattr(args, "quiet", False):
+        _print(result, args.json)
+    return 0
+
+
+def _print(result: dict, as_json: bool) -> None:
+    import json
+    import sys
+
     from ..report import verification_table
 
-    result = api.compare(
-        args.original, args.converted, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
-        set_flags=parse_set(args.set), providers=providers(args.providers), data=args.data,
-        input_shapes=parse_shapes(args.input_shape), batch=args.batch, atol=args.atol, rtol=args.rtol,
-        allow_unsafe=args.allow_unsafe_ops, seed=args.seed, raise_on_failure=False,
-    )
-    if not args.quiet:
-        print(json.dumps(result, indent=2) if args.json else verification_table(result))
-    if not all(v["ok"] for v in result.values()):
-        from ..errors import VerificationError
-
-        bad = next(k for k, v in result.items() if not v["ok"])
-        worst = next(o for o in result[bad]["outputs"] if not o["ok"])
-        raise VerificationError(
-            f"{args.converted} ({bad}) output {worst['name']}: max abs error {worst['max_abs']:.3g}, "
-            f"max rel error {worst['max_rel']:.3g}"
-        )
-    return 0
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        info = next(iter(result.values()), {}).get("inputs")
+        print(verification_table(result, info))
+    sys.stdout.flush()

@@ -40,6 +40,10 @@ def run(args) -> int:
     else:
         print(format_table(results))
     bad = [r for r in results if not r]
+    if bad and bad[0].status == "inconclusive":
+        const = next(o for o in bad[0].outputs if o.constant)
+        raise VerificationError(f"{args.model} ({bad[0].runtime}) inconclusive: expected output {const.name} is "
+                                f"{const.constant}, so no error can show; save outputs of real inputs")
     if bad:
         worst = next(o for o in bad[0].outputs if not o.ok)
         raise VerificationError(f"{args.model} ({bad[0].runtime}) output {worst.name}: max abs error "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from .. import progress
 from ..errors import BNConvertError, InputError, Interrupted, OutputError, VerificationError
 from ..graph import Graph, node_of
@@ -56,7 +58,7 @@ def dtype_tolerances(ref: dict, atol, rtol, tol: dict, notes: list) -> dict:
 
 
 def make_feeds(graph_def, inputs, shapes, data, seed):
-    """Inputs for verification: ``data`` (.npz) if given, else seeded random ones."""
+    """One feed dict (tools/gpu_check.py): ``data`` (.npz) if given, else seeded random ones."""
     from ..tfproto import np_dtype
     from .inputs import load_npz_inputs, random_inputs
 
@@ -67,93 +69,440 @@ def make_feeds(graph_def, inputs, shapes, data, seed):
     return random_inputs(shapes, dtypes, seed=seed)
 
 
-def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
-    """Compare every staged file with the original graph; results go into ``report.verification``."""
-    from .inputs import resolve_shapes
-    from .runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
+def make_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = None):
+    """``(runs, info)``: the verification inputs as a list of feed dicts and their description.
 
+    ``--data`` gives one run of the user's arrays; otherwise :func:`inputs.sample_runs` draws
+    ``vopts.samples`` seeded samples.  The batch is free when every input's declared dim 0 is
+    unknown and no exported model fixes it (``fixed_batch``, e.g. an ONNX with a static batch).
+    """
+    from .inputs import load_npz_inputs, placeholder_dtypes, sample_runs
+
+    if vopts.data:
+        feeds = load_npz_inputs(vopts.data, inputs)
+        first = np.asarray(next(iter(feeds.values()))) if feeds else np.zeros(())
+        return [feeds], {"source": os.fspath(vopts.data), "samples": int(first.shape[0]) if first.ndim else 1,
+                         "runs": 1}
+    declared = {}
+    for t in inputs:
+        node = next((n for n in graph_def.node if n.name == node_of(t)), None)
+        shp = node.attr["shape"].shape if node is not None and "shape" in node.attr else None
+        declared[t] = None if shp is None or shp.unknown_rank or not shp.dim else shp.dim[0].size
+    free = fixed_batch is None and all(d is not None and d < 0 for d in declared.values())
+    shapes = {t: ([fixed_batch] + list(s[1:]) if fixed_batch and len(s) else list(s)) for t, s in shapes.items()}
+    return sample_runs(shapes, placeholder_dtypes(graph_def, inputs), free, vopts.samples, vopts.seed)
+
+
+def run_many(fn, runs: list[dict]) -> dict:
+    """``fn(feeds)`` on every run, outputs joined along the batch axis."""
+    from .inputs import concat_runs
+
+    return concat_runs([fn(f) for f in runs])
+
+
+def check_providers(providers) -> None:
+    """Refuse an unusable onnxruntime provider before any work (one line, exit 2)."""
+    if "cuda" not in tuple(providers or ()):
+        return
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("--providers cuda: onnxruntime is not installed") from None
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        raise InputError(f"--providers cuda: the CUDA execution provider is not available in this onnxruntime "
+                         f"(available: {', '.join(have)}); install onnxruntime-gpu or use --providers cpu")
+
+
+def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False,
+                  more: list[str] = ()):
+    """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
+    tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
+    If the probe tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the
+    outputs alone."""
+    from .runners import run_tf
+
+    names = {n.name for n in graph_def.node}
+    first = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
+             if t not in outputs and node_of(t) in names]
+    first = list(dict.fromkeys(first))
+    second = [t for t in dict.fromkeys(more) if t not in outputs and t not in first]
+    attempts = [first + second, first, []] if second else [first, []]
+    for i, extra in enumerate(attempts):
+        fetch = list(outputs) + extra
+        try:
+            got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what),
+                           runs)
+            break
+        except BNConvertError as e:
+            if i == len(attempts) - 1 or not extra:
+                raise
+            notes.append(f"some layers not compared: the original graph cannot compute them ({e})")
+    if not extra:
+        probes.clear()
+    return {o: got[o] for o in outputs}, {t: got[t] for t in extra}
+
+
+def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tuple[list, list[str]]:
+    """``compare`` layer rows for the probes this runtime produced; notes for the others.
+
+    ``either`` (a converted file made by anything): a tensor named like the folded graph's
+    replacement may hold the *unfolded* value (a plain export keeps the pre-BN tensor under that
+    name), so it is compared with the BN output and with its own value in the original graph,
+    and the closer counts.  A folded model with an error is far from the pre-BN value, so the
+    error still shows.
+    """
+    from .expose import align
+
+    rows, skipped = [], []
+    for p in probes:
+        t = pick(p)
+        if t is None:
+            names = dict.fromkeys((p.candidate, p.original))
+            skipped.append(f"{p.name}: {' / '.join(repr(n) for n in names)} not in this model")
+            continue
+        ref = lref[p.original]
+        label = p.label if t == p.candidate else p.original
+        if either and t == p.candidate and t != p.original and t in lref and got.get(t) is not None:
+            def dist(r):
+                c = align(r, got[t])
+                return float(np.nanmax(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)))) \
+                    if np.shape(c) == np.shape(r) else float("inf")
+            if dist(lref[t]) < dist(ref):
+                ref, label = lref[t], f"{t} (unfolded)"
+        rows.append((p.name, label, ref, got.get(t)))
+    return rows, skipped
+
+
+def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None):
+    """ONNX Runtime on a copy of ``path`` that also outputs the probe tensors it has."""
+    from .expose import expose_onnx
+    from .runners import onnx_session, run_onnx
+
+    data, found = expose_onnx(path, [t for p in probes for t in (p.candidate, p.original)])
+    sess = onnx_session(data, provider)
+    fetch = list(outputs) + [t for t in found if t not in outputs]
+    got = run_many(lambda f: run_onnx(None, {**f, **(extra_feeds or {})}, fetch, session=sess), runs)
+    have = set(found)
+    return got, lambda p: p.candidate if p.candidate in have else (p.original if p.original in have else None)
+
+
+def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
+    """Compare every staged file with the original graph; results go into ``report.verification``
+    (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``."""
+    from .inputs import resolve_shapes
+    from .layers import fold_changed, layer_probes
+    from .runners import onnx_runtime_label, run_tf
+
+    check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
     shapes = report.input_shapes or resolve_shapes(folded.graph_def, report.inputs, None, batch=1)
     report.input_shapes = shapes
-    feeds = make_feeds(folded.graph_def, report.inputs, shapes, vopts.data, vopts.seed)
+    fixed = onnx_static_batch(staged["onnx"], report.inputs) if "onnx" in staged else None
+    runs, info = make_samples(folded.model.graph_def, report.inputs, shapes, vopts, fixed)
+    report.verification_inputs = info
+    probes, skipped = layer_probes(folded.model.graph_def, folded.graph_def, report.layers, report.outputs)
+    orig_names = {n.name for n in folded.model.graph_def.node}
+    tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs,
+                       fold_changed(folded.model.graph_def, report.layers)) if "tflite" in staged else None
     t = time.perf_counter()
-    ref = run_tf(folded.model.graph_def, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe,
-                 what=folded.model.path)
+    ref, lref = reference_run(folded.model.graph_def, runs, report.outputs, probes, report.training_flags,
+                              allow_unsafe, folded.model.path, report.notes, more=tfl.references if tfl else ())
     report.timings["verify_tf_original"] = time.perf_counter() - t
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
-    runs = []
+    outs = report.outputs
+    entries = []
     if "pb" in staged:
-        runs.append(("tf:folded", staged["pb"],
-                     lambda: run_tf(folded.graph_def, feeds, report.outputs, allow_unsafe=allow_unsafe)))
+        def tf_folded():
+            fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
+            got = run_many(lambda f: run_tf(folded.graph_def, f, fetch, allow_unsafe=allow_unsafe), runs)
+            return got, lambda p: p.candidate
+        entries.append(("tf:folded", staged["pb"], tf_folded))
     if "onnx" in staged:
         for prov in vopts.providers:
-            runs.append((onnx_runtime_label(prov), staged["onnx"],
-                         lambda prov=prov: run_onnx(staged["onnx"], feeds, report.outputs, provider=prov)))
+            entries.append((onnx_runtime_label(prov), staged["onnx"],
+                            lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov)))
     if "tflite" in staged:
-        runs.append(("tflite", staged["tflite"], lambda: run_tflite(staged["tflite"], feeds, report.outputs)))
-    report.verification.update(compare_runs(ref, runs, tol, report.timings))
+        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs)))
+    report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings))
+    if vopts.save_io:
+        save_io(vopts.save_io, runs, ref)
+    if vopts.power:
+        from .power import measure_power
+
+        t = time.perf_counter()
+        refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
+        report.verification_power = measure_power(folded.graph_def, report.layers, runs, outs, ref, tol,
+                                                  info.get("samples"), allow_unsafe, refs)
+        report.timings["verify_power"] = time.perf_counter() - t
 
 
-def compare_runs(ref: dict, runs: list, tol: dict, timings: dict | None = None) -> dict[str, dict]:
-    """Run each ``(runtime, file, fn)`` and compare its outputs with ``ref``; one dict per runtime."""
+def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entries: list, tol: dict, info: dict,
+                 timings: dict | None = None, note: str = "", either: bool = False) -> dict[str, dict]:
+    """Run each ``(runtime, file, fn)`` and compare with the reference.  ``fn()`` returns
+    ``(tensors, pick)``: ``pick(probe)`` names the tensor holding that layer, or ``pick`` is a
+    :class:`TFLiteLayers` (intermediates matched by their fused names)."""
     from .compare import compare as compare_outputs
 
     result = {}
-    for runtime, file, fn in runs:
+    for runtime, file, fn in entries:
         t = time.perf_counter()
         with naming(file), progress.stage(f"verify {runtime}"):
-            cand = fn()
+            got, pick = fn()
         if timings is not None:
             timings[f"verify_{runtime}"] = time.perf_counter() - t
-        note = "TF32 off (use_tf32=0)" if "CUDA" in runtime else ""
-        d = compare_outputs(ref, cand, runtime=runtime, file=os.path.basename(file), note=note, **tol).to_dict()
-        d["atol"], d["rtol"] = tol["atol"], tol["rtol"]
-        result[runtime] = d
+        notes = [n for n in ("TF32 off (use_tf32=0)" if "CUDA" in runtime else "", note) if n]
+        if isinstance(pick, TFLiteLayers):
+            rows, miss = pick.rows(lref, got)
+        else:
+            rows, miss = _layer_rows(probes, lref, got, pick, either)
+        c = compare_outputs(ref, got, runtime=runtime, file=os.path.basename(file), note="; ".join(notes),
+                            samples=info.get("samples"), layers=rows, layers_skipped=list(skipped) + miss, **tol)
+        result[runtime] = c.to_dict()
     return result
 
 
+class TFLiteLayers:
+    """Layer-by-layer for TFLite: every intermediate tensor of the flatbuffer (read with
+    ``experimental_preserve_all_tensors``) whose name lists TF ops of the original graph.
+
+    The converter fuses ops and names the fused tensor by all of them (``relu1;conv1/BiasAdd;
+    conv1/Conv2D``); the tensor holds the value of one of them, so it is compared with each
+    original tensor named and the closest counts (a wrong kernel is far from all of them).  Ops
+    whose reference is constant (shapes, indices) are not compared.  The BN boundary itself is
+    usually fused away (bias and Relu in one kernel), so these are the tensors around it."""
+
+    PREFIX = "tflite:"
+
+    def __init__(self, path, original_names: set[str], outputs: list[str], changed: set[str] = frozenset()):
+        from .runners import tflite_interpreter
+
+        it = tflite_interpreter(path)
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        skip = {node_of(o) for o in outputs} | set(changed)  # changed: see layers.fold_changed
+        self.tensors: list[tuple[str, list[str]]] = []
+        for op in it._get_ops_details():
+            for i in op["outputs"]:
+                d = details.get(i)
+                if d is None or np.dtype(d["dtype"]).kind != "f":
+                    continue
+                parts = [p for p in dict.fromkeys(d["name"].split(";")) if p in original_names and p not in skip]
+                if parts:
+                    self.tensors.append((d["name"], [f"{p}:0" for p in parts]))
+
+    @property
+    def references(self) -> list[str]:
+        return list(dict.fromkeys(t for _, parts in self.tensors for t in parts))
+
+    def run(self, path, runs, outs, extra=None):
+        from .runners import run_tflite
+
+        def one(f):
+            inter: dict = {}
+            got = run_tflite(path, {**f, **(extra or {})}, outs, intermediates=inter)
+            got.update({self.PREFIX + k: v for k, v in inter.items()})
+            return got
+        return run_many(one, runs), self
+
+    def rows(self, lref: dict, got: dict) -> tuple[list, list[str]]:
+        from .compare import reference_constant
+        from .expose import align
+
+        rows = []
+        for name, parts in self.tensors:
+            cand = got.get(self.PREFIX + name)
+            refs = [(p, lref[p]) for p in parts if p in lref and not reference_constant(lref[p])]
+            if cand is None or not refs:
+                continue
+
+            def dist(r):
+                c = align(r, cand)
+                return float(np.nanmax(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)))) \
+                    if np.shape(c) == np.shape(r) else float("inf")
+            best, ref = min(refs, key=lambda pr: dist(pr[1]))
+            rows.append((node_of(best), f"{best} (tflite '{name}')", ref, cand))
+        return rows, ([] if rows else ["tflite: no intermediate tensor of the .tflite names a tensor of the original"])
+
+
+def save_io(folder, runs: list[dict], ref: dict) -> None:
+    """``inputs.npz`` / ``expected.npz`` (the first run; ``inputs_1.npz`` … for more runs of a
+    fixed batch), keyed by TF tensor names: what ``bnconvert verify-onnx`` takes."""
+    from .inputs import save_npz
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create the --save-io folder ({e.strerror})") from None
+    start = 0
+    for i, feeds in enumerate(runs):
+        n = int(np.shape(next(iter(feeds.values())))[0]) if len(runs) > 1 else None
+        sfx = "" if i == 0 else f"_{i}"
+        save_npz(os.path.join(folder, f"inputs{sfx}.npz"), feeds)
+        part = {k: (v[start:start + n] if n else v) for k, v in ref.items()}
+        save_npz(os.path.join(folder, f"expected{sfx}.npz"), part)
+        start += n or 0
+
+
 def first_failure(verification: dict) -> str:
-    """One line naming the first runtime and output that failed."""
+    """One line naming the first runtime and output (or layer) that failed, or why the check
+    is inconclusive."""
     for runtime, v in verification.items():
-        if not v.get("ok"):
-            for o in v.get("outputs", []):
-                if not o.get("ok") and str(o.get("reason", "")).startswith(("NaN", "inf", "shape", "missing")):
-                    return f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: {o['reason']}"
-                if not o.get("ok"):
-                    return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "
-                            f"max abs error {o.get('max_abs'):.3g}, max rel error {o.get('max_rel'):.3g} "
-                            f"(atol {v.get('atol')}, rtol {v.get('rtol')})")
-            return f"verification failed: {runtime}"
+        if v.get("ok"):
+            continue
+        if v.get("status") == "inconclusive":
+            const = next((o for o in v.get("outputs", []) + v.get("layers", []) if o.get("constant")), {})
+            what = "output" if const in v.get("outputs", []) else "layer"
+            return (f"verification inconclusive: the original's {what} {const.get('name')} is {const.get('constant')} "
+                    f"on these inputs, so no error can show; verify with real inputs: --data inputs.npz")
+        bad_layer = next((o for o in v.get("layers", []) if not o.get("ok")), None)
+        for o in v.get("outputs", []):
+            if not o.get("ok") and str(o.get("reason", "")).startswith(("NaN", "inf", "shape", "missing")):
+                return f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: {o['reason']}"
+            if not o.get("ok"):
+                where = (f"; first wrong layer {bad_layer['name']} (max rel {bad_layer['max_rel']:.3g})"
+                         if bad_layer else "")
+                return (f"verification failed: {v.get('file', runtime)} ({runtime}) output {o.get('name')}: "
+                        f"{_err(o)} (atol {v.get('atol')}, rtol {v.get('rtol')}){where}")
+        if bad_layer:
+            return (f"verification failed: {v.get('file', runtime)} ({runtime}) layer {bad_layer['name']} "
+                    f"({bad_layer.get('tensor')}): {_err(bad_layer)}, although the outputs agree "
+                    f"(atol {v.get('atol')}, rtol {v.get('rtol')})")
+        return f"verification failed: {runtime}"
     return "verification failed"
+
+
+def _err(o: dict) -> str:
+    if o.get("reason") and not isinstance(o.get("max_abs"), float):
+        return o["reason"]
+    try:
+        return f"max abs error {float(o.get('max_abs')):.3g}, max rel error {float(o.get('max_rel')):.3g}"
+    except (TypeError, ValueError):
+        return o.get("reason") or "differs"
+
+
+def onnx_static_batch(path, inputs: list[str]) -> int | None:
+    """The static dim 0 of an ONNX model's data inputs (all equal), else None."""
+    import onnx
+
+    try:
+        m = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model fails later with its own message
+        return None
+    inits = {i.name for i in m.graph.initializer}
+    dims = set()
+    for i in m.graph.input:
+        shp = i.type.tensor_type.shape
+        if i.name in inits or not shp.dim or i.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
+            continue
+        d = shp.dim[0]
+        dims.add(d.dim_value if d.HasField("dim_value") else None)
+    return dims.pop() if len(dims) == 1 and None not in dims else None
+
+
+def converted_inputs(path: str) -> list[tuple[str, list, str]]:
+    """``[(name, shape, dtype)]`` of an ONNX or TFLite model's inputs."""
+    from .runners import onnx_session, tflite_interpreter
+
+    if path.endswith(".onnx"):
+        sess = onnx_session(path, "cpu")
+        return [(i.name, list(i.shape), i.type) for i in sess.get_inputs()]
+    it = tflite_interpreter(path)
+    return [(d["name"], list(d["shape"]), str(np.dtype(d["dtype"]))) for d in it.get_input_details()]
+
+
+def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[dict, str]:
+    """Training flags the converted model still takes as inputs, fed as False (or as set), and
+    a clear error for inputs on either side that the other lacks."""
+    have = converted_inputs(path)
+    names = [n for n, _, _ in have]
+    norm = {_bare(n): (n, shape) for n, shape, _ in have}
+    extra, fed = {}, []
+    for flag, value in flags.items():
+        hit = norm.get(_bare(flag))
+        if hit is not None:
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in hit[1]]
+            extra[hit[0]] = np.full(shape, bool(value), dtype=np.bool_)
+            fed.append(f"{hit[0]}={str(bool(value)).lower()}")
+    rest = [n for n in names if n not in extra]
+    missing = [t for t in inputs if _bare(t) not in {_bare(n) for n in rest}]
+    unknown = [n for n in rest if _bare(n) not in {_bare(t) for t in inputs}]
+    by_order_ok = path.endswith(".tflite") and len(rest) == len(inputs)  # TFLite may rename; run_tflite matches by order
+    if (missing or unknown) and not by_order_ok:
+        if missing:
+            raise InputError(f"the converted model has no input for '{missing[0]}' (its inputs: "
+                             f"{', '.join(names)}; the original's: {', '.join(inputs)})")
+        raise InputError(f"the converted model takes input '{unknown[0]}', which is neither an input of the "
+                         f"original ({', '.join(inputs)}) nor a training flag; name the inputs with --inputs")
+    return extra, ("fed " + ", ".join(fed)) if fed else ""
+
+
+def _bare(name: str) -> str:
+    import re
+
+    name = re.sub(r"^serving_default_", "", name)
+    return name[:-2] if name.endswith(":0") else name
 
 
 def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsafe: bool = False) -> dict[str, dict]:
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite) with ``model`` run in TF.
 
-    ``analysis`` gives the inputs, outputs and training flags (``.inputs``, ``.outputs``,
-    ``.training_flags``); ``shapes`` the concrete input shapes.
+    ``analysis`` gives the inputs, outputs, training flags and layers (``.inputs``, ``.outputs``,
+    ``.training_flags``, ``.layers``); ``shapes`` the concrete input shapes.  Training flags the
+    converted model takes as inputs are fed (False); an ONNX with a static batch gets runs of it.
+    The description of the inputs is in the returned dict's ``"inputs"`` entry of each runtime.
     """
     from ..load import load
-    from .runners import onnx_runtime_label, run_onnx, run_tf, run_tflite
+    from .layers import fold_changed, layer_probes
+    from .runners import onnx_runtime_label, run_tf
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
+    check_providers(vopts.providers)
     ins, outs = analysis.inputs, analysis.outputs
     flags = getattr(analysis, "training_flags", None) or getattr(analysis, "flags", None) or {}
+    kind = "onnx" if converted.endswith(".onnx") else "tflite" if converted.endswith(".tflite") else "pb"
+    extra, fed_note = ({}, "")
+    fixed = None
+    if kind != "pb":
+        with naming(converted):
+            extra, fed_note = flag_feeds(converted, ins, flags)
+        fixed = onnx_static_batch(converted, ins) if kind == "onnx" else None
     with naming(model.path):
-        feeds = make_feeds(model.graph_def, ins, shapes, vopts.data, vopts.seed)
-        ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path)
+        runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
+        probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
+        notes: list[str] = []
+        tfl = TFLiteLayers(converted, {n.name for n in model.graph_def.node}, outs,
+                           fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
+        ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
+                                  also_candidates=True, more=tfl.references if tfl else ())
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
-    runs = []
-    if converted.endswith(".onnx"):
+    entries = []
+    if kind == "onnx":
         for prov in vopts.providers:
-            runs.append((onnx_runtime_label(prov), converted,
-                         lambda prov=prov: run_onnx(converted, feeds, outs, provider=prov)))
-    elif converted.endswith(".tflite"):
-        runs.append(("tflite", converted, lambda: run_tflite(converted, feeds, outs)))
+            entries.append((onnx_runtime_label(prov), converted,
+                            lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra)))
+    elif kind == "tflite":
+        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra)))
     else:
         conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
-        runs.append(("tf:converted", converted, lambda: run_tf(conv.graph_def, feeds, outs, flags=present,
-                                                                allow_unsafe=allow_unsafe, what=converted)))
-    return compare_runs(ref, runs, tol)
+        conv_nodes = {n.name for n in conv.graph_def.node}
+
+        def tf_conv():
+            fetch = list(outs) + [t for p in probes for t in (p.candidate, p.original)
+                                  if node_of(t) in conv_nodes and t not in outs]
+            fetch = list(dict.fromkeys(fetch))
+            try:
+                got = run_many(lambda f: run_tf(conv.graph_def, f, fetch, flags=present, allow_unsafe=allow_unsafe,
+                                                what=converted), runs)
+            except BNConvertError:
+                got = run_many(lambda f: run_tf(conv.graph_def, f, outs, flags=present, allow_unsafe=allow_unsafe,
+                                                what=converted), runs)
+            return got, lambda p: next((t for t in (p.candidate, p.original) if t in got), None)
+        entries.append(("tf:converted", converted, tf_conv))
+    result = compare_runs(ref, lref, probes, skipped + notes, entries, tol, info, note=fed_note, either=True)
+    for v in result.values():
+        v["inputs"] = info
+    if vopts.save_io:
+        save_io(vopts.save_io, [{**f, **extra} for f in runs], ref)
+    return result

@@ -195,3 +195,86 @@ def save_npz(path, arrays: dict[str, np.ndarray]) -> None:
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- samples
+
+#: samples compared by default: enough that a perturbed channel shows on some of them
+DEFAULT_SAMPLES = 8
+
+
+def _image_like(shape, dt) -> bool:
+    """Rank-4+ float inputs are treated as images: half the samples are uniform [0, 1)."""
+    return np.issubdtype(dt, np.floating) and len(shape) >= 4
+
+
+def sample_runs(shapes: dict, dtypes: dict, free_batch: bool, samples: int = DEFAULT_SAMPLES,
+                seed: int = 0) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """Seeded verification inputs as a list of runs (feed dicts) and a description for the report.
+
+    Decisions: with a free batch dim (every input's dim 0 unknown) one run holds ``samples`` rows;
+    with a fixed batch ``B`` there are ``max(2, ceil(samples / B))`` runs of ``B`` rows, so a
+    fixed-batch-1 model still sees several samples.  Float inputs are standard normal; rank-4
+    (image-like) float inputs draw their second half of samples from uniform [0, 1) instead,
+    the range real images are fed in.  Ints are uniform in [0, 4); bools False.
+    """
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    batch = None
+    if not free_batch:
+        b = {int(s[0]) for s in shapes.values() if len(s) > 0}
+        batch = b.pop() if len(b) == 1 else None
+    if free_batch:
+        nruns, rows = 1, samples
+    elif batch:
+        nruns, rows = max(2, -(-samples // batch)), batch
+    else:  # scalar inputs or mixed batch sizes: whole independent draws
+        nruns, rows = max(2, samples), None
+    total = nruns * rows if rows else nruns
+    dists: dict[str, str] = {}
+    full: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        dt = np.dtype(dtypes.get(name, np.float32))
+        shape = list(shape)
+        big = [total] + shape[1:] if rows else [nruns] + shape
+        if rows and free_batch:
+            big = [samples] + shape[1:]
+        if np.issubdtype(dt, np.floating):
+            a = rng.standard_normal(big)
+            if _image_like(shape, dt) and big[0] >= 2:
+                half = big[0] // 2
+                a[half:] = rng.random([big[0] - half] + big[1:])
+                dists[name] = f"normal x{half} + uniform[0,1) x{big[0] - half}"
+            else:
+                dists[name] = f"normal x{big[0]}"
+            full[name] = a.astype(dt)
+        elif np.issubdtype(dt, np.integer):
+            full[name] = rng.integers(0, 4, size=big).astype(dt)
+            dists[name] = "integers [0,4)"
+        elif dt == np.bool_:
+            full[name] = np.zeros(big, dtype=np.bool_)
+            dists[name] = "false"
+        else:
+            raise InputError(f"cannot generate random values for input '{name}' of dtype {dt}; "
+                             "supply them in an .npz file (--data)")
+    runs = []
+    for i in range(nruns):
+        if rows:
+            runs.append({n: a[i * rows:(i + 1) * rows] for n, a in full.items()})
+        else:
+            runs.append({n: a[i] for n, a in full.items()})
+    info = {"source": "random", "seed": seed, "samples": total if rows else nruns, "runs": nruns,
+            "batch": rows, "distributions": dists}
+    return runs, info
+
+
+def concat_runs(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Join the outputs of several runs along the batch axis (stack scalars)."""
+    if len(results) == 1:
+        return results[0]
+    out = {}
+    for k in results[0]:
+        vals = [np.asarray(r[k]) for r in results]
+        out[k] = np.concatenate(vals, axis=0) if vals[0].ndim > 0 else np.stack(vals)
+    return out

@@ -44,6 +44,8 @@ def verify_onnx(model_path, inputs_npz, expected_npz, providers=("cpu",), atol: 
         reference = {n: expected_in[got[n]] for n in out_names if n in got}
         candidate = run_onnx(None, feeds, list(reference), session=sess)
         note = "TF32 disabled" if provider == "cuda" and CUDA_OPTIONS.get("use_tf32") == "0" else ""
+        first = next(iter(reference.values()))
+        samples = int(first.shape[0]) if getattr(first, "ndim", 0) else 1
         results.append(compare(reference, candidate, onnx_runtime_label(provider), str(model_path),
-                               atol=atol, rtol=rtol, note=note))
+                               atol=atol, rtol=rtol, note=note, samples=samples))
     return results

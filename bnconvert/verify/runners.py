@@ -23,9 +23,14 @@ ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 CUDA_OPTIONS = {"use_tf32": "0"}
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(e).__name__
+def _one_line(e: BaseException, limit: int = 500) -> str:
+    """The whole message on one line (a runtime's decisive part, "Got: 1 Expected: 4", is often on
+    its second line); cut at ``limit`` characters unless ``--debug`` (root logging at INFO)."""
+    import logging
+
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        return text
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -200,10 +205,13 @@ def run_onnx(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str], pr
 
 # ---------------------------------------------------------------------------- TFLite
 
-def tflite_interpreter(path_or_bytes):
-    """A TFLite interpreter: ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``."""
+def tflite_interpreter(path_or_bytes, preserve_all: bool = False):
+    """A TFLite interpreter: ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``.
+    ``preserve_all`` keeps intermediate tensors readable (layer-by-layer verification)."""
     kwargs = {"model_content": bytes(path_or_bytes)} if isinstance(path_or_bytes, (bytes, bytearray)) \
         else {"model_path": os.fspath(path_or_bytes)}
+    if preserve_all:
+        kwargs["experimental_preserve_all_tensors"] = True
     if "model_path" in kwargs and not os.path.isfile(kwargs["model_path"]):
         raise InputError(f"no such TFLite model: {kwargs['model_path']}")
     if "model_path" in kwargs and not _utf8(kwargs["model_path"]):  # a non-UTF-8 file name: pass the bytes
@@ -232,13 +240,13 @@ def tflite_name_map(interpreter, inputs: list[str], outputs: list[str]) -> dict:
     return {"inputs": imap, "outputs": omap, "matched_by": "order" if "order" in (how_i, how_o) else "name"}
 
 
-def run_tflite(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None
-               ) -> dict[str, np.ndarray]:
+def run_tflite(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None,
+               intermediates: dict | None = None) -> dict[str, np.ndarray]:
     """Run a .tflite model (path or bytes). TF names are matched to TFLite names by name, else
     by position: pass ``feeds`` and ``outputs`` in the order used at export. If ``mapping`` is a
     dict it receives the mapping used (see :func:`tflite_name_map`).
     """
-    interp = tflite_interpreter(path)
+    interp = tflite_interpreter(path, preserve_all=intermediates is not None)
     names = tflite_name_map(interp, list(feeds), list(outputs))
     if mapping is not None:
         mapping.clear()
@@ -273,4 +281,10 @@ def run_tflite(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: 
         what = "after resizing inputs " if resized else ""
         raise InputError(f"TFLite failed {what}to run the model: {_one_line(e)}") from None
     out_details = {d["name"]: d for d in interp.get_output_details()}
+    if intermediates is not None:  # every op output, by TFLite tensor name
+        details = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+        for op in interp._get_ops_details():
+            for i in op["outputs"]:
+                if i in details:
+                    intermediates[details[i]] = np.array(interp.get_tensor(i))
     return {o: np.array(interp.get_tensor(out_details[names["outputs"][o]]["index"])) for o in outputs}

@@ -1,0 +1,103 @@
+"""Verification power: would this comparison, on these inputs, have caught a small error?
+
+For the first and the last folded layer, output channel 0 of the folded weights is scaled by
+``1 + e`` — the size of error a wrong epsilon or a misplaced fold leaves — and the folded graph
+is run in TensorFlow on the same inputs with that weight fed in place of its constant (no copy
+of the graph, no re-export).  Each run is judged twice by the rule of the real verification:
+with the layer-by-layer tensors (``caught``: what the folded .pb and the .onnx are checked on)
+and on the model outputs alone (``outputs_caught``: a runtime that exposes no layer).  ``e``
+starts at 1%; if the outputs catch it, 0.1% is tried, if not, 10%.  The report records, per
+layer, both verdicts per ``e`` and the smallest ``e`` each caught.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Graph, tensor_name
+
+LEVELS = (0.01, 0.001, 0.1)
+
+
+def _channel0(op: str, w: np.ndarray, transpose_b: bool) -> tuple:
+    """Index selecting output channel 0 of a producer's weights (layouts as in fold.py)."""
+    if op == "MatMul":
+        return (0, slice(None)) if transpose_b else (slice(None), 0)
+    if op == "DepthwiseConv2dNative":  # HWIM: channel 0 is input 0, multiplier 0
+        return (slice(None), slice(None), 0, 0)
+    if op == "Conv2DBackpropInput":  # HWOI
+        return (slice(None), slice(None), 0, slice(None))
+    return (Ellipsis, 0)  # Conv2D HWIO, Conv3D DHWIO
+
+
+def _targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
+    g = Graph(folded_gd, copy_nodes=False)
+    folded = [ly for ly in layers if ly.get("action") == "fold" and ly.get("producer") in g]
+    if not folded:
+        return []
+    order = {n: i for i, n in enumerate(g.topo_order())}
+    folded.sort(key=lambda ly: order.get(ly["producer"], 0))
+    picks = [("first", folded[0])] + ([("last", folded[-1])] if len(folded) > 1 else [])
+    out = []
+    for pos, ly in picks:
+        node = g.nodes[ly["producer"]]
+        wt = tensor_name(g.inputs(node)[1])
+        w = g.const(wt)
+        if w is None or w.dtype.kind != "f":
+            continue
+        idx = _channel0(node.op, w, bool(g.attr(node, "transpose_b", False)))
+        out.append((pos, wt, {"layer": ly["name"], "producer": node.name, "weights": wt, "w": w, "idx": idx}))
+    return out
+
+
+def measure_power(folded_gd, layers: list[dict], runs: list[dict], outputs: list[str], reference: dict,
+                  tol: dict, samples: int | None, allow_unsafe: bool = False,
+                  layer_refs: list[tuple[str, str, object]] = ()) -> dict:
+    """``{"perturbation", "layers": [{layer, position, tried: {e: caught}, outputs_tried,
+    caught_1pct, smallest_caught, outputs_smallest_caught}], "caught_1pct"}``; ``{}`` when no
+    layer was folded.  ``layer_refs``: ``(layer name, tensor in the folded graph, reference)``."""
+    from .compare import compare
+    from .inputs import concat_runs
+    from .runners import run_tf
+
+    result = []
+    for pos, wt, t in _targets(folded_gd, layers):
+        tried: dict[str, bool] = {}
+        out_tried: dict[str, bool] = {}
+        fetch = list(outputs) + [tn for _, tn, _ in layer_refs if tn not in outputs]
+
+        def caught(e: float) -> bool:
+            w = t["w"].copy()
+            w[t["idx"]] = w[t["idx"]] * (1 + e)
+            got = concat_runs([run_tf(folded_gd, {**f, wt: w}, fetch, allow_unsafe=allow_unsafe) for f in runs])
+            rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
+            c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
+            out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
+            tried[f"{e:g}"] = any(not o.ok for o in c.outputs + c.layers)
+            return out_tried[f"{e:g}"]
+
+        if caught(LEVELS[0]):
+            caught(LEVELS[1])
+        else:
+            caught(LEVELS[2])
+        hits = [float(e) for e, h in tried.items() if h]
+        out_hits = [float(e) for e, h in out_tried.items() if h]
+        result.append({"layer": t["layer"], "position": pos, "producer": t["producer"], "tried": tried,
+                       "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
+                       "smallest_caught": min(hits) if hits else None,
+                       "outputs_smallest_caught": min(out_hits) if out_hits else None})
+    if not result:
+        return {}
+    return {"perturbation": "output channel 0 of the folded weights x(1+e)",
+            "layers": result, "caught_1pct": all(r["caught_1pct"] for r in result)}
+
+
+def power_line(power: dict) -> str:
+    """One line for the text report."""
+    if not power:
+        return ""
+
+    def pct(v):
+        return "not even 10%" if v is None else f"{v:.1%}".replace(".0%", "%")
+    parts = [f"{r['position']} folded layer {r['layer']} {'caught' if r['caught_1pct'] else 'MISSED'} "
+             f"(outputs alone catch down to {pct(r.get('outputs_smallest_caught'))})" for r in power["layers"]]
+    return "power:     one weight channel off by 1%: " + "; ".join(parts)
