@@ -24,9 +24,11 @@ class Report:
     ops_after: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     exports: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # format → why its converter could not
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     verification: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)  # peak MiB per process/stage (pipeline)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,9 +60,11 @@ class Report:
             "ops_after": self.ops_after,
             "files": self.files,
             "exports": self.exports,
+            "skipped": self.skipped,
             "input_shapes": self.input_shapes,
             "verification": self.verification,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "memory_mib": self.memory,
             "notes": self.notes,
         }
 
@@ -93,7 +97,9 @@ class Report:
         return verification_table(self.verification)
 
     def files_table(self) -> str:
-        return "\n".join(f"wrote {kind:7s} {path}" for kind, path in self.files.items())
+        lines = [f"wrote {kind:7s} {path}" for kind, path in self.files.items()]
+        lines += [f"skipped {kind:5s} {why}" for kind, why in self.skipped.items()]
+        return "\n".join(lines)
 
 
 def verification_table(verification: dict[str, dict]) -> str:

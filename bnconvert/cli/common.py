@@ -22,6 +22,8 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--rtol", type=float, default=None,
                    help="tolerance relative to the output's magnitude (default: see bnconvert.verify.compare)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a stage (TF run, converter, runtime) that runs longer (default: 600)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="run graphs even if they hold file/process I/O ops")
 

@@ -76,14 +76,15 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     report.input_shapes = shapes
     feeds = make_feeds(folded.graph_def, report.inputs, shapes, vopts.data, vopts.seed)
     t = time.perf_counter()
-    ref = run_tf(folded.model.graph_def, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe,
-                 what=folded.model.path)
+    ref = run_tf(folded.model, feeds, report.outputs, flags=report.training_flags, allow_unsafe=allow_unsafe,
+                 what=folded.model.path, stage="TensorFlow (original graph)")
     report.timings["verify_tf_original"] = time.perf_counter() - t
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
     runs = []
     if "pb" in staged:
         runs.append(("tf:folded", staged["pb"],
-                     lambda: run_tf(folded.graph_def, feeds, report.outputs, allow_unsafe=allow_unsafe)))
+                     lambda: run_tf(staged["pb"], feeds, report.outputs, allow_unsafe=allow_unsafe,
+                                    stage="TensorFlow (folded graph)")))
     if "onnx" in staged:
         for prov in vopts.providers:
             runs.append((onnx_runtime_label(prov), staged["onnx"],
@@ -138,7 +139,8 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     ins, outs, flags = analysis.inputs, analysis.outputs, analysis.training_flags
     with naming(model.path):
         feeds = make_feeds(model.graph_def, ins, shapes, vopts.data, vopts.seed)
-        ref = run_tf(model.graph_def, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path)
+        ref = run_tf(model, feeds, outs, flags=flags, allow_unsafe=allow_unsafe, what=model.path,
+                     stage="TensorFlow (original graph)")
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     runs = []
     if converted.endswith(".onnx"):
