@@ -15,16 +15,17 @@ What a child buys:
   staged ``.pb``, the original model's own file), never as pickled GraphDefs; small arguments
   and results (feeds, outputs, export summaries) travel pickled through a pipe.
 
-Mechanism (decided by measurement, see docs/BENCHMARKS.md "Child processes"): a
-``multiprocessing`` **forkserver preloaded with TensorFlow, tf2onnx and onnxruntime**.  A fresh
-interpreter that imports TensorFlow + tf2onnx costs 2.5–3 s and ~700 MB on an idle 2-core machine
-(18–28 s while the machine is loaded), per child: five stages would add 12–15 s to a conversion.
-Forking the parent itself is cheap but unsafe: the parent may already have run a TF session
-(checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver imports the
-libraries once, in parallel with the parent's own load and fold (it is started first thing),
-never runs a graph itself, and forks a clean child per stage in milliseconds.  The forkserver
-imports what is installed: without TensorFlow the ONNX-only paths still work
-(:func:`prestart` with ``tf=False`` preloads nothing heavy).
+Mechanism (decided by measurement, docs/BENCHMARKS_REAL_SIZE.md): a ``multiprocessing``
+**forkserver preloaded with TensorFlow, tf2onnx and onnxruntime**.  A fresh interpreter per
+stage (``python -m bnconvert.isolate …`` or the ``spawn`` start method) pays the imports every
+time: measured on this project's shared 2-core machine (load ~4.5), ``import tensorflow`` took
+18.3 and 21.7 s and 728 MB, ``import tf2onnx`` 27.8 s and 734 MB, per child — five stages would
+add minutes.  Forking the parent itself costs nothing but is unsafe: the parent may already have
+run a TF session (checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver
+imports the libraries once, in parallel with the parent's own load and fold (it is started
+first thing), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per
+stage round trip measured at load 20 (a trivial stage), against the imports' tens of seconds.
+Without TensorFlow installed the forkserver preloads what is there, so the ONNX-only paths work.
 
 Children put themselves in their own process group (so a terminal's Ctrl-C reaches only
 bnconvert, which then kills them), write their stdout to stderr (``--json`` stays clean), and
@@ -113,12 +114,24 @@ def shutdown() -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
-            os.waitpid(pid, 0)
+            os.waitpid(pid, os.WNOHANG)
         for attr in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
             if attr == "_forkserver_alive_fd" and getattr(server, attr, None) is not None:
                 with contextlib.suppress(OSError):
                     os.close(server._forkserver_alive_fd)  # noqa: SLF001
             setattr(server, attr, None)
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker  # noqa: SLF001 - started with the forkserver
+    tpid = getattr(tracker, "_pid", None)
+    if tpid:
+        with contextlib.suppress(OSError):
+            os.kill(tpid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(tpid, os.WNOHANG)
+        with contextlib.suppress(OSError, TypeError):
+            os.close(tracker._fd)  # noqa: SLF001
+        tracker._pid = tracker._fd = None  # noqa: SLF001
     _state["ctx"] = None
 
 
@@ -219,7 +232,7 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
                 raise StageTimeout(f"{stage} ran longer than the {timeout:g} s timeout and was stopped "
                                    "(--timeout to allow more)")
     except BaseException:
-        _kill(proc)
+        _kill(proc, wait=False)  # SIGKILL is enough: freeing a big child's memory takes seconds
         raise
     finally:
         reader.close()
@@ -235,7 +248,7 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
     return _unpack(stage, msg)
 
 
-def _kill(proc) -> None:
+def _kill(proc, wait: bool = True) -> None:
     pid = proc.pid
     if pid is None:
         return
@@ -243,8 +256,9 @@ def _kill(proc) -> None:
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(OSError, ValueError, AttributeError):
         proc.kill()
-    with contextlib.suppress(OSError, ValueError, AssertionError):
-        proc.join(5)
+    if wait:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            proc.join(5)
 
 
 def _describe(code) -> str:

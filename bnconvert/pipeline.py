@@ -307,6 +307,12 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
     for fmt in ("onnx", "tflite"):
         if fmt not in exp.to:
             continue
+        if not r.inputs:  # a graph whose inputs are baked in as constants: the converters need one
+            why = "the graph has no input placeholder (its inputs are constants); the converter needs one"
+            if exp.explicit_to:
+                raise InputError(f"cannot write {fmt}: {why} (--to pb works)")
+            _skip(r, fmt, why)
+            continue
         stage, target, kwargs = stages[fmt]
         t = time.perf_counter()
         out = os.path.join(tmp, os.path.basename(paths[fmt]))

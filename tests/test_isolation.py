@@ -111,9 +111,11 @@ def test_sigterm_during_a_hang_is_honoured(hang_pb, tmp_path):
     assert err.splitlines() == ["bnconvert: error: interrupted; no output written"], err
     assert took < 5, took
     assert _leftovers(out) == []
-    # no child left running the loop: nothing in bnconvert's session survives it
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for _ in range(50):  # no child left running the loop: nothing in bnconvert's session survives it
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if not left:
+            break
+        time.sleep(0.1)
     assert left == [], left
 
 

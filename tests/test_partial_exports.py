@@ -107,3 +107,27 @@ def test_no_message_names_the_staging_folder(free_shape_pb, tmp_path):
     assert ".bnconvert-" not in str(e.value)
     assert "--input-shape" in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_inputs_baked_in_as_constants(tmp_path):
+    """No placeholder at all: --outputs names the tensor, the .pb is written and verified, the
+    formats whose converters need an input are skipped with the reason (named: exit 2)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.constant(rng.normal(size=(1, 6, 6, 3)).astype(np.float32), name="x")
+        y = tf.nn.conv2d(x, tf.constant(rng.normal(size=(3, 3, 3, 4)).astype(np.float32)), 1, "SAME")
+        tf.nn.relu(_bn(tf, y, rng, 4), name="out")
+    model = tmp_path / "const_in.pb"
+    model.write_bytes(g.as_graph_def().SerializeToString())
+    with pytest.raises(bnconvert.BNConvertError, match="no input placeholder .*pass --outputs"):
+        bnconvert.convert(str(model), str(tmp_path / "a"))
+    report = bnconvert.convert(str(model), str(tmp_path / "b"), outputs=["out:0"])
+    assert report.ok and report.bn["folded"] == 1
+    assert set(report.skipped) == {"onnx", "tflite"} and "no input placeholder" in report.skipped["onnx"]
+    assert list(report.verification) == ["tf:folded"]
+    with pytest.raises(bnconvert.BNConvertError, match="cannot write onnx: the graph has no input placeholder") as e:
+        bnconvert.convert(str(model), str(tmp_path / "c"), outputs=["out:0"], to="onnx")
+    assert e.value.exit_code == 2

@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         from .. import isolate
 
         isolate.set_timeout(args.timeout)
+    import bnconvert
+
+    as_process = signal.getsignal(signal.SIGINT) is bnconvert._interrupted_at_start  # not main() in a test
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _sigterm), (signal.SIGINT, signal.default_int_handler))}
     from ..errors import BNConvertError
 
@@ -96,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())[:300]
         error, code = f"internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)", 3
     finally:
-        for s in old:  # from here on nothing more is written: a signal just ends the process
-            signal.signal(s, _exit_quietly)
+        for s, h in old.items():  # from here on nothing more is written: a signal just ends the process
+            signal.signal(s, _exit_quietly if as_process else h)
         _stop_children()
     for w in args._warnings:
         print(f"bnconvert: warning: {w}", file=sys.stderr)
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         _drop_stdout()
+    if code == 130 and as_process:  # interrupted: everything is said and cleaned; skip TensorFlow's slow teardown
+        os._exit(130)
     return code
 
 
