@@ -22,8 +22,8 @@ time: measured on this project's shared 2-core machine (load ~4.5), ``import ten
 18.3 and 21.7 s and 728 MB, ``import tf2onnx`` 27.8 s and 734 MB, per child — five stages would
 add minutes.  Forking the parent itself costs nothing but is unsafe: the parent may already have
 run a TF session (checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver
-imports the libraries once, in parallel with the parent's own load and fold (it is started
-first thing), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per
+imports the libraries once, in parallel with the parent's fold (it is started once the model
+has loaded: most bad inputs are refused by load and never pay for it), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per
 stage round trip measured at load 20 (a trivial stage), against the imports' tens of seconds.
 Without TensorFlow installed the forkserver preloads what is there, so the ONNX-only paths work.
 
@@ -82,6 +82,8 @@ def _tf_env() -> None:
 
 
 def _context(tf: bool = True):
+    if _state["ctx"] is not None and tf and not _state.get("tf"):
+        shutdown()  # started light (ONNX-only work first); TF stages want the preloaded server
     if _state["ctx"] is None:
         import multiprocessing
         import sys
@@ -92,12 +94,12 @@ def _context(tf: bool = True):
         if tf:
             _tf_env()
         ctx.set_forkserver_preload(_PRELOAD_TF if tf else _PRELOAD_LIGHT)
-        _state["ctx"] = ctx
+        _state["ctx"], _state["tf"] = ctx, tf
     return _state["ctx"]
 
 
 def prestart(tf: bool = True) -> None:
-    """Start the forkserver now (it imports TensorFlow while the caller loads and folds)."""
+    """Start the forkserver now (it imports TensorFlow while the caller goes on)."""
     _context(tf)
     from multiprocessing import forkserver
 

@@ -56,8 +56,6 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
     paths = output_paths(path, outdir, exp.to)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
-    if ver.verify or set(exp.to) - {"pb"}:
-        isolate.prestart(tf=True)  # imports TF/tf2onnx in the forkserver while we load and fold
     created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
     lock = None
     try:
@@ -67,6 +65,10 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
             t0 = time.perf_counter()
             model = api.load(path, outputs=ana.outputs, allow_unsafe=opts.allow_unsafe)
             load_s = time.perf_counter() - t0
+            if ver.verify or set(exp.to) - {"pb"}:
+                # the forkserver imports TF/tf2onnx while we fold (not earlier: most bad inputs
+                # are refused by load, and would pay a second TensorFlow import for nothing)
+                isolate.prestart(tf=True)
             folded = api.fold(model, inputs=ana.inputs, outputs=ana.outputs, set_flags=ana.set_flags,
                               mode=opts.fold.mode, only=opts.fold.only)
             if not opts.allow_unsafe and (ver.verify or set(exp.to) - {"pb"}):
