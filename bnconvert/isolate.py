@@ -23,8 +23,9 @@ time: measured on this project's shared 2-core machine (load ~4.5), ``import ten
 add minutes.  Forking the parent itself costs nothing but is unsafe: the parent may already have
 run a TF session (checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver
 imports the libraries once, in parallel with the parent's fold (it is started once the model
-has loaded: most bad inputs are refused by load and never pay for it), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per
-stage round trip measured at load 20 (a trivial stage), against the imports' tens of seconds.
+has loaded: most bad inputs are refused by load and never pay for it), never runs a graph
+itself, and forks a clean child per stage: 0.35–0.5 s per stage round trip measured at load 20
+(a trivial stage), against the imports' tens of seconds.
 Without TensorFlow installed the forkserver preloads what is there, so the ONNX-only paths work.
 
 Children put themselves in their own process group (so a terminal's Ctrl-C reaches only

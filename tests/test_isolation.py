@@ -77,18 +77,19 @@ def test_timeout_kills_the_child_and_its_group(tmp_path):
 
 def test_hang_times_out_cleanly(hang_pb, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.run(CLI + ["fold", hang_pb, "-o", str(out), "--outputs", "out:0", "--timeout", "3"],
+    p = subprocess.run(CLI + ["fold", hang_pb, "-o", str(out), "--outputs", "out:0", "--to", "pb", "--timeout", "5"],
                        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert p.returncode == 2, p.stderr
     assert p.stderr.splitlines() == [f"bnconvert: error: {hang_pb}: TensorFlow (original graph) ran longer than "
-                                     "the 3 s timeout and was stopped (--timeout to allow more)"], p.stderr
+                                     "the 5 s timeout and was stopped (--timeout to allow more)"], p.stderr
     assert not out.exists(), _leftovers(out)
 
 
 def test_sigterm_during_a_hang_is_honoured(hang_pb, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen(CLI + ["fold", hang_pb, "-o", str(out), "--outputs", "out:0"], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(CLI + ["fold", hang_pb, "-o", str(out), "--outputs", "out:0", "--to", "pb"],
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -119,6 +120,8 @@ def test_sigterm_during_a_hang_is_honoured(hang_pb, tmp_path):
     assert left == [], left
 
 
+@pytest.mark.skipif(not os.environ.get("BNCONVERT_SLOW_TESTS"), reason="slow (a TFLite converter run that "
+                    "crashes); set BNCONVERT_SLOW_TESTS=1")
 def test_converter_crash_is_one_line(tmp_path):
     """The TFLite converter segfaults on an absurd batch; the run reports it (or, where the
     memory budget refuses such a batch first, says so), exit 3 or 2, and leaves nothing."""

@@ -89,7 +89,7 @@ def test_explicit_format_that_fails_is_exit_2(det_pb, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("to", ["pb", "onnx", "tflite"])
+@pytest.mark.parametrize("to", ["pb", "tflite"])
 def test_input_shape_with_every_format(free_shape_pb, tmp_path, to):
     report = bnconvert.convert(free_shape_pb, str(tmp_path), to=to, input_shapes={"x:0": [2, 5, 6, 3]})
     assert report.ok, report.verification
