@@ -139,7 +139,7 @@ class OutputLock:
         self.path = os.path.join(outdir, self.NAME)
         for _ in range(20):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as e:
                 raise OutputError(f"{outdir}: cannot create the lock file ({e.strerror})") from e
             try:
