@@ -149,7 +149,7 @@ def test_folded_graph_over_2gib_is_refused_and_nothing_is_left(corpus, monkeypat
     from bnconvert.cli.main import main
 
     valid = os.path.join(corpus["folder"], "valid.pb")
-    monkeypatch.setattr(importlib.import_module("bnconvert.api"), "MAX_PROTO_BYTES", 100)
+    monkeypatch.setattr(importlib.import_module("bnconvert.pipeline"), "MAX_PROTO_BYTES", 100)
     out = tmp_path / "out"
     out.mkdir()
     rc = main(["fold", valid, "-o", str(out), "--no-verify", "--to", "pb"])
