@@ -22,9 +22,8 @@ time: measured on this project's shared 2-core machine (load ~4.5), ``import ten
 18.3 and 21.7 s and 728 MB, ``import tf2onnx`` 27.8 s and 734 MB, per child — five stages would
 add minutes.  Forking the parent itself costs nothing but is unsafe: the parent may already have
 run a TF session (checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver
-imports the libraries once, in parallel with the parent's fold (it is started once the model
-has loaded: most bad inputs are refused by load and never pay for it), never runs a graph
-itself, and forks a clean child per stage: 0.35–0.5 s per stage round trip measured at load 20
+imports the libraries once, in parallel with the parent's load and fold (it is started once the
+output folder is checked and locked), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per stage round trip measured at load 20
 (a trivial stage), against the imports' tens of seconds.
 Without TensorFlow installed the forkserver preloads what is there, so the ONNX-only paths work.
 
