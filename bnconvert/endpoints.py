@@ -192,6 +192,9 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
         upstream = g.ancestors([name], control=False) - {name}
         if not (upstream & set(feeders)):
             earliest.append(name)
+    if not earliest and not inputs:
+        raise InputError("the graph has no input placeholder (its inputs are baked in as constants); "
+                         "pass --outputs to name the tensors to convert")
     if not earliest:
         raise InputError("cannot tell the model's outputs (no tensor is computed from the inputs alone); pass --outputs")
     return Outputs([f"{n}:0" for n in earliest], guessed=True, candidates=[f"{n}:0" for n in feeders])

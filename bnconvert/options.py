@@ -37,6 +37,9 @@ class ExportOptions:
     """Formats to write and the shapes they are exported with."""
 
     to: tuple[str, ...] = FORMATS
+    #: True when the caller named the formats: then a converter that fails stops the run;
+    #: otherwise its format is skipped with a warning (partial export)
+    explicit_to: bool = False
     opset: int = 17
     batch: int = 1
     input_shapes: dict[str, list[int]] | None = None
@@ -81,6 +84,8 @@ class ConvertOptions:
     allow_unsafe: bool = False
     #: bytes (or "4G") the decoded constants and inputs may take (bnconvert.budget)
     max_memory: int | str | None = None
+    #: seconds one child stage (TF run, converter, runtime) may take; bnconvert.isolate
+    timeout: float = 600.0
 
     _GROUPS = ("analysis", "fold", "export", "verify", "quantize")
 
@@ -89,7 +94,13 @@ class ConvertOptions:
         """Sort flat keyword arguments (``to=…, atol=…``) into their groups."""
         opts = cls()
         for key, value in kwargs.items():
-            if key in ("force", "allow_unsafe", "max_memory"):
+            if key == "to" and value is not None:
+                opts.export.explicit_to = True
+            if key == "to" and value is None:
+                continue
+            if key in ("force", "allow_unsafe", "timeout", "max_memory"):
+                if key == "timeout" and value is None:
+                    continue
                 setattr(opts, key, value)
                 continue
             for group in cls._GROUPS:

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from . import progress
-from .errors import InputError, OutputError, VerificationError
+from .errors import InputError, Interrupted, OutputError, UnsupportedError, VerificationError
 from .load import MAX_PROTO_BYTES, Model
 from .options import FORMATS, ConvertOptions
 from .verify.check import check_providers, first_failure, naming, verify_conversion
@@ -64,7 +64,7 @@ def check_formats(to) -> tuple[str, ...]:
 def convert(path, outdir: str | None, opts: ConvertOptions):
     """Run the whole conversion of the model file ``path`` (or a loaded :class:`Model`, named by
     its ``.path``) into ``outdir``; returns the Report."""
-    from . import api
+    from . import api, isolate
 
     from . import budget
 
@@ -85,8 +85,14 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
     if model is None and not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     created = _missing_dirs(os.path.dirname(next(iter(paths.values()))))
+    lock = None
     try:
         outdir = _check_outdir(paths, path, opts.force)
+        lock = OutputLock(outdir)
+        if ver.verify or set(exp.to) - {"pb"}:
+            # the forkserver imports TF/tf2onnx while we load and fold: on 2 cores the two imports
+            # overlap (measured: +4 s wall on a small model when it started after the load)
+            isolate.prestart(tf=True)
         with naming(path):
             t0 = time.perf_counter()
             model = model or api.load(path, outputs=ana.outputs, allow_unsafe=opts.allow_unsafe)
@@ -99,17 +105,19 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
 
                 check_safe(model.graph_def if ver.verify else folded.graph_def, what=path)
     except BaseException:
-        _remove_dirs(created)
+        _release(lock, created)
         raise
     report = folded.report
     report.timings = {"load": load_s, **report.timings}
     tmp = None
+    state = {"installed": False}
     try:
         try:
             tmp = tempfile.mkdtemp(dir=outdir, prefix=".bnconvert-")
         except OSError as e:
             raise OutputError(f"{outdir}: cannot write into the output folder ({e.strerror})") from None
-        with naming(path):
+        with naming(path), _unstaged(tmp, paths), isolate.limits(timeout=opts.timeout, scratch=tmp):
+            isolate.peaks.clear()
             staged = _export_all(folded, exp, tmp, paths, report)
             if opts.quantize.quantize:
                 from .quantize import quantize_and_verify
@@ -118,18 +126,30 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
             if ver.verify:
                 with progress.stage("verify"):
                     verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
+            staged.pop("_graph", None)
+        report.memory = _memory(isolate.peaks)
         report.files = {k: v for k, v in paths.items() if k in staged}
         report.files["report"] = paths["report"]
         with open(os.path.join(tmp, "report.json"), "w") as f:
             f.write(report.to_json())
         staged["report"] = os.path.join(tmp, "report.json")
-        _install(staged, paths)
+        _install(staged, paths, opts.force, state)
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp or "/nonexistent", ignore_errors=True)
+        _release(lock, [] if state["installed"] else created)
+        lock = None
+        if state["installed"]:
+            raise Interrupted(f"interrupted after writing the outputs to {outdir}") from None
+        raise
     except BaseException:
-        _remove_dirs(created)
+        shutil.rmtree(tmp or "/nonexistent", ignore_errors=True)
+        _release(lock, [] if state["installed"] else created)
+        lock = None
         raise
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+        _release(lock, [])
     if ver.verify and not report.ok:
         from .verify.quant import failure_line
 
@@ -139,6 +159,80 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
         err.report = report
         raise err
     return report
+
+
+class OutputLock:
+    """One writer per output set: an exclusive ``flock`` on ``OUTDIR/.bnconvert.lock``.
+
+    Taken before staging and held until the outputs are installed; a second run into the same
+    folder fails at once (no waiting) with :class:`OutputError`.  The lock file is removed at the
+    end; a run that takes the lock re-checks that the file it locked is still the one at the path
+    (another run may have removed it in between) and retries otherwise.  A run killed with SIGKILL
+    leaves the file, but never the lock (the kernel drops it), so the next run proceeds.
+    """
+
+    NAME = ".bnconvert.lock"
+
+    def __init__(self, outdir: str):
+        import fcntl
+
+        self.path = os.path.join(outdir, self.NAME)
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                raise OutputError(f"{outdir}: cannot create the lock file ({e.strerror})") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise OutputError(f"{outdir}: another bnconvert run is writing into this folder "
+                                  f"(lock {self.NAME}); wait for it or choose another -o folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except OSError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)  # removed by the run that held it: lock the new file instead
+        raise OutputError(f"{outdir}: cannot take the lock {self.NAME}")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _release(lock, created) -> None:
+    if lock is not None:
+        lock.release()
+    _remove_dirs(created)
+
+
+class _unstaged:
+    """Error messages name the final output path, never the staging folder (deleted at the end)."""
+
+    def __init__(self, tmp: str, paths: dict[str, str]):
+        self.tmp, self.paths = tmp, paths
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, e, tb):
+        from .errors import BNConvertError
+
+        if isinstance(e, BNConvertError) and self.tmp in e.message:
+            msg = e.message
+            for p in self.paths.values():
+                msg = msg.replace(os.path.join(self.tmp, os.path.basename(p)), p)
+            e.message = msg.replace(self.tmp + os.sep, "").replace(self.tmp, os.path.dirname(self.tmp))
+        return False
 
 
 def _check_outdir(paths: dict[str, str], src: str, force: bool) -> str:
@@ -183,47 +277,112 @@ def _remove_dirs(folders: list[str]) -> None:
             return
 
 
-def _install(staged: dict[str, str], paths: dict[str, str]) -> None:
-    """Rename staged files into place with SIGINT/SIGTERM held back, report last."""
+def _install(staged: dict[str, str], paths: dict[str, str], force: bool, state: dict) -> None:
+    """Move staged files into place with SIGINT/SIGTERM held back, report last.
+
+    ``state["installed"]`` becomes True once every file is in place (a signal held back is
+    delivered as the mask is restored, i.e. before this function returns).
+    Without ``force`` the "exists" check is made again here, at the moment of installing, and
+    each file is put in place with ``link`` (which never replaces); if one appeared meanwhile,
+    the files already linked are removed again and nothing of this run stays.
+    """
     import signal
 
     sigs = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    done: list[str] = []
     try:
-        for kind in sorted(staged, key=lambda k: k == "report"):
-            os.replace(staged[kind], paths[kind])
+        order = sorted(staged, key=lambda k: k == "report")
+        if force:
+            for kind in order:
+                os.replace(staged[kind], paths[kind])
+            state["installed"] = True
+            return
+        for kind in order:
+            try:
+                os.link(staged[kind], paths[kind])
+            except FileExistsError:
+                for p in done:
+                    os.remove(p)
+                raise OutputError(f"{paths[kind]} exists (pass --force to overwrite)") from None
+            except OSError:  # a file system without hard links: the check made just before holds
+                if os.path.exists(paths[kind]):
+                    for p in done:
+                        os.remove(p)
+                    raise OutputError(f"{paths[kind]} exists (pass --force to overwrite)") from None
+                os.replace(staged[kind], paths[kind])
+            done.append(paths[kind])
+        state["installed"] = True
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
+    """Write the .pb here, convert to ONNX and TFLite in child processes (from the staged .pb).
+
+    When ``exp.to`` was not given explicitly, a converter that cannot handle the graph
+    (:class:`UnsupportedError`) skips its format: ``report.skipped[fmt]`` says why, a warning
+    goes into the notes, the other formats are still written and verified.  An explicitly
+    requested format that fails stops the run (exit 2).
+    """
+    from . import isolate
+    from .verify.inputs import resolve_shapes
+
     staged: dict[str, str] = {}
     r = report
+    # every format (the .pb's verification included) uses the same concrete input shapes
+    r.input_shapes = resolve_shapes(folded.graph_def, r.inputs, exp.input_shapes, batch=exp.batch)
+    t = time.perf_counter()
+    graph_path = os.path.join(tmp, os.path.basename(paths["pb"]) if "pb" in exp.to else "folded-input.pb")
+    write_graph_def(folded.graph_def, graph_path)
     if "pb" in exp.to:
-        t = time.perf_counter()
-        staged["pb"] = os.path.join(tmp, os.path.basename(paths["pb"]))
-        with progress.stage("export pb"):
-            write_graph_def(folded.graph_def, staged["pb"])
+        staged["pb"] = graph_path
         r.timings["write_pb"] = time.perf_counter() - t
-    if "onnx" in exp.to or "tflite" in exp.to:
-        from .verify.inputs import resolve_shapes
-
-        r.input_shapes = resolve_shapes(folded.graph_def, r.inputs, exp.input_shapes, batch=exp.batch)
-    if "onnx" in exp.to:
-        from .export.onnx import export_onnx
-
+    else:
+        staged["_graph"] = graph_path
+    stages = {
+        "onnx": ("the ONNX export (tf2onnx)", "bnconvert.export.onnx:export_onnx",
+                 dict(inputs=r.inputs, outputs=r.outputs, opset=exp.opset, input_shapes=exp.input_shapes)),
+        "tflite": ("the TFLite export (TFLite converter)", "bnconvert.export.tflite:export_tflite",
+                   dict(inputs=r.inputs, outputs=r.outputs, input_shapes=r.input_shapes)),
+    }
+    for fmt in ("onnx", "tflite"):
+        if fmt not in exp.to:
+            continue
+        if not r.inputs:  # a graph whose inputs are baked in as constants: the converters need one
+            why = "the graph has no input placeholder (its inputs are constants); the converter needs one"
+            if exp.explicit_to:
+                raise InputError(f"cannot write {fmt}: {why} (--to pb works)")
+            _skip(r, fmt, why)
+            continue
+        stage, target, kwargs = stages[fmt]
         t = time.perf_counter()
-        staged["onnx"] = os.path.join(tmp, os.path.basename(paths["onnx"]))
-        with progress.stage("export onnx"):
-            r.exports["onnx"] = export_onnx(folded.graph_def, r.inputs, r.outputs, staged["onnx"], opset=exp.opset,
-                                            input_shapes=exp.input_shapes)
-        r.timings["export_onnx"] = time.perf_counter() - t
-    if "tflite" in exp.to:
-        from .export.tflite import export_tflite
-
-        t = time.perf_counter()
-        staged["tflite"] = os.path.join(tmp, os.path.basename(paths["tflite"]))
-        with progress.stage("export tflite"):
-            r.exports["tflite"] = export_tflite(folded.graph_def, r.inputs, r.outputs, staged["tflite"], r.input_shapes)
-        r.timings["export_tflite"] = time.perf_counter() - t
+        out = os.path.join(tmp, os.path.basename(paths[fmt]))
+        try:
+            with progress.stage(f"export {fmt}"):
+                r.exports[fmt] = isolate.run_stage(stage, target, dict(graph_def=isolate.GraphFile(graph_path),
+                                                                       path=out, **kwargs))
+        except UnsupportedError as e:
+            if exp.explicit_to:
+                raise
+            _skip(r, fmt, str(e))
+            continue
+        finally:
+            r.timings[f"export_{fmt}"] = time.perf_counter() - t
+        staged[fmt] = out
+    if not any(k in staged for k in FORMATS):
+        raise UnsupportedError(f"no format could be written: {'; '.join(f'{k}: {v}' for k, v in r.skipped.items())}")
     return staged
+
+
+def _memory(child_peaks: dict) -> dict:
+    """Peak resident MiB: this process (load and fold) and each child stage, largest first."""
+    import resource
+
+    own = {"main process (load, fold)": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {**own, **dict(sorted(child_peaks.items(), key=lambda kv: -kv[1]))}
+
+
+def _skip(report, fmt: str, why: str) -> None:
+    report.skipped[fmt] = why
+    report.notes.append(f"warning: {fmt} skipped: {why}")

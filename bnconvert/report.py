@@ -29,11 +29,13 @@ class Report:
     ops_after: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     exports: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # format → why its converter could not
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     verification: dict[str, dict] = field(default_factory=dict)
     verification_inputs: dict = field(default_factory=dict)  # samples, seed, distributions (or --data)
     verification_power: dict = field(default_factory=dict)  # bnconvert.verify.power.measure_power
     timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)  # peak MiB per process/stage (pipeline)
     notes: list[str] = field(default_factory=list)
     quantization: dict = field(default_factory=dict)  # int8 files: bnconvert.quantize, verify/quant.py
 
@@ -75,11 +77,13 @@ class Report:
             "ops_after": self.ops_after,
             "files": self.files,
             "exports": self.exports,
+            "skipped": self.skipped,
             "input_shapes": self.input_shapes,
             "verification": self.verification,
             "verification_inputs": self.verification_inputs,
             "verification_power": self.verification_power,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "memory_mib": self.memory,
             "notes": self.notes,
             **({"quantization": self.quantization} if self.quantization else {}),
         }
@@ -121,7 +125,9 @@ class Report:
         return table(self.quantization.get("verification", {}))
 
     def files_table(self) -> str:
-        return "\n".join(f"wrote {kind:7s} {path}" for kind, path in self.files.items())
+        lines = [f"wrote {kind:7s} {path}" for kind, path in self.files.items()]
+        lines += [f"skipped {kind:5s} {why}" for kind, why in self.skipped.items()]
+        return "\n".join(lines)
 
 
 def _g(v) -> str:

@@ -60,6 +60,8 @@ def add_verify_arguments(p) -> None:
                    help="random samples to verify on (default: 8; a fixed batch runs several times)")
     p.add_argument("--save-io", metavar="DIR",
                    help="write the verification inputs and expected outputs (inputs.npz, expected.npz) for verify-onnx")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a stage (TF run, converter, runtime) that runs longer (default: 600)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="run graphs even if they hold file/process I/O ops")
 

@@ -16,7 +16,8 @@ HELP = "fold batch norms, export .pb/.onnx/.tflite and verify them"
 def add_arguments(p) -> None:
     p.add_argument("model", help=".pb, .pbtxt, checkpoint .meta (or folder), or SavedModel folder")
     p.add_argument("-o", "--outdir", help="output folder (default: the model's folder)")
-    p.add_argument("--to", default="pb,onnx,tflite", help="formats to write, comma-separated")
+    p.add_argument("--to", default=None, help="formats to write: pb,onnx,tflite (default: all; a format whose "
+                   "converter cannot handle the graph is then skipped with a warning)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
     p.add_argument("--no-fold", action="store_true",
@@ -45,8 +46,10 @@ def run(args) -> int:
 
     report = None
     try:
+        to = {} if args.to is None else {"to": tuple(split_list(args.to) or ())}  # not given: partial exports
         report = api.convert(
-            args.model, args.outdir, to=tuple(split_list(args.to) or ()), verify=not args.no_verify,
+            args.model, args.outdir, **to,
+            verify=not args.no_verify, timeout=args.timeout,
             force=args.force, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
             set_flags=parse_set(args.set), mode="scale_shift" if args.no_fold else "fold",
             only=split_list(args.only), opset=args.opset, batch=args.batch,
@@ -62,6 +65,7 @@ def run(args) -> int:
         if report is not None:
             print_report(report, args.json, args.quiet)
         raise
+    args._warnings = [f"{fmt} skipped: {why}" for fmt, why in report.skipped.items()]
     print_report(report, args.json, args.quiet)
     return 0
 
@@ -69,6 +73,15 @@ def run(args) -> int:
 def print_report(report, as_json: bool, quiet: bool = False) -> None:
     if quiet:
         return
+    try:
+        _print_report(report, as_json)
+    except BrokenPipeError:  # `… --json | head -1`: the reader is gone, the run's outcome stands
+        from .main import _drop_stdout
+
+        _drop_stdout()
+
+
+def _print_report(report, as_json: bool) -> None:
     if as_json:
         print(report.to_json())
         return

@@ -1,13 +1,25 @@
 """Entry point: parses arguments, dispatches to a subcommand module, turns errors into exit codes.
 
 A user error prints one line ``bnconvert: error: …`` and exits with the error's code (2 for bad
-input, 1 for failed verification); ``--debug`` shows the traceback.  SIGTERM is handled like
-Ctrl-C: the running conversion cleans up its temporary files and exits with 130.
+input, 1 for failed verification); ``--debug`` shows the traceback.
+
+Signals: SIGINT and SIGTERM are honoured from the first moment bnconvert's code runs (the
+package's ``__init__`` installs the start-up handler when it is imported as the CLI).  Until the
+subcommand starts (imports, argument parsing) nothing has been written, so a signal prints
+"interrupted; no output written" and exits 130 at once; while the subcommand runs it becomes a
+``KeyboardInterrupt`` that the conversion turns into cleaning up (and kills its child stages),
+then 130; after it, the message says what was written.
+
+A closed stdout (``bnconvert fold … --json | head -1``) is not an error: the rest of the output
+is dropped quietly and the exit code is the run's own (0 after a successful conversion), not
+141 — the files were written and verified, and a reader that stops early should not turn that
+into a failure.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -61,10 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     from ..tfproto import no_home_state  # no ~/.keras, no ~/.cache (light: no TensorFlow import)
 
     no_home_state()
-    old = signal.signal(signal.SIGTERM, _sigterm)
+    if debug:
+        os.environ["BNCONVERT_DEBUG"] = "1"  # child stages print their tracebacks too
+    if getattr(args, "timeout", None) is not None:
+        from .. import isolate
+
+        isolate.set_timeout(args.timeout)
+    import bnconvert
+
+    as_process = signal.getsignal(signal.SIGINT) is bnconvert._interrupted_at_start  # not main() in a test
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _sigterm), (signal.SIGINT, signal.default_int_handler))}
     from ..errors import BNConvertError
 
     error, code = None, 0
+    args._warnings = []
     try:
         with progress.session(enabled=not (args.quiet or getattr(args, "json", False))), \
                 _Stderr(quiet=not debug):  # TensorFlow's C++ and the converters write to fd 2
@@ -79,17 +101,52 @@ def main(argv: list[str] | None = None) -> int:
         error, code = str(e), e.exit_code
     except KeyboardInterrupt:
         error, code = "interrupted; no output written", 130
+    except BrokenPipeError:
+        _drop_stdout()
     except Exception as e:  # an unexpected failure is still one line unless --debug
         if debug:
             traceback.print_exc()
         msg = " ".join(str(e).split())[:300]
         error, code = f"internal error: {type(e).__name__}: {msg} (run with --debug for the traceback)", 3
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():  # from here on nothing more is written: a signal just ends the process
+            signal.signal(s, _exit_quietly if as_process else h)
+        _stop_children()
+    for w in args._warnings:
+        print(f"bnconvert: warning: {w}", file=sys.stderr)
     if error is not None:
         print(f"bnconvert: error: {error}", file=sys.stderr)
-        sys.stderr.flush()
+    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+    if code == 130 and as_process:  # interrupted: everything is said and cleaned; skip TensorFlow's slow teardown
+        os._exit(130)
     return code
+
+
+def _exit_quietly(signum, frame):  # pragma: no cover
+    os._exit(130)
+
+
+def _stop_children() -> None:
+    isolate = sys.modules.get("bnconvert.isolate")
+    if isolate is not None:
+        try:
+            isolate.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: the forkserver also stops by itself
+            pass
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout is gone: send what is left to /dev/null (no error at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 class _Stderr:

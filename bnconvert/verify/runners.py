@@ -4,6 +4,11 @@
 - :func:`run_onnx`: onnxruntime, CPU or CUDA (TF32 off). Needs numpy + onnxruntime only.
 - :func:`run_tflite`: the TFLite interpreter (``ai_edge_litert`` if installed, else ``tf.lite``).
 
+This module is the process boundary: each public ``run_*`` runs its runtime in a child process
+(:mod:`bnconvert.isolate`), so a runtime that crashes or hangs on a hostile graph becomes one
+line, and its memory is returned when it ends.  The ``*_here`` functions do the work in the
+calling process (the child calls them).  ``run_onnx`` with a ``session`` runs in-process.
+
 TensorFlow is imported only inside ``run_tf`` / ``run_tflite``.
 """
 from __future__ import annotations
@@ -78,8 +83,24 @@ def match_names(wanted: list[str], available: list[str], what: str, by_order: bo
 
 # ---------------------------------------------------------------------------- TensorFlow
 
-def run_tf(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
-           allow_unsafe: bool = False, what: str = "") -> dict[str, np.ndarray]:
+def run_tf(graph, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
+           allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow") -> dict[str, np.ndarray]:
+    """:func:`run_tf_here` in a child process. ``graph``: a GraphDef, a :class:`~bnconvert.load.Model`
+    or the path of a binary GraphDef (passed to the child as that file)."""
+    from bnconvert import isolate
+
+    if hasattr(graph, "node"):
+        check_safe(graph, allow_unsafe=allow_unsafe, what=what)
+    elif hasattr(graph, "graph_def"):
+        check_safe(graph.graph_def, allow_unsafe=allow_unsafe, what=what)
+    with isolate.graph_file(graph) as src:
+        return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_here",
+                                 dict(graph_def=src, feeds=feeds, outputs=list(outputs), flags=flags,
+                                      allow_unsafe=allow_unsafe, what=what))
+
+
+def run_tf_here(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
+                allow_unsafe: bool = False, what: str = "") -> dict[str, np.ndarray]:
     """Run ``graph_def`` on CPU, feeding ``feeds`` plus the training ``flags`` (name → bool).
 
     The graph is imported with ``name=""`` so tensor names are the GraphDef's own. Unsafe ops
@@ -175,6 +196,24 @@ def onnx_runtime_label(provider: str = "cpu") -> str:
 
 def run_onnx(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str], provider: str = "cpu",
              session=None) -> dict[str, np.ndarray]:
+    """:func:`run_onnx_here` in a child process (in this one when ``session`` is given)."""
+    if session is not None:
+        return run_onnx_here(path_or_bytes, feeds, outputs, provider, session)
+    from bnconvert import isolate
+
+    if hasattr(path_or_bytes, "SerializeToString"):
+        path_or_bytes = path_or_bytes.SerializeToString()
+    elif isinstance(path_or_bytes, os.PathLike):
+        path_or_bytes = os.fspath(path_or_bytes)
+    if isinstance(path_or_bytes, str) and not os.path.isfile(path_or_bytes):
+        raise InputError(f"no such ONNX model: {path_or_bytes}")
+    return isolate.run_stage(f"onnxruntime ({provider})", "bnconvert.verify.runners:run_onnx_here",
+                             dict(path_or_bytes=path_or_bytes, feeds=feeds, outputs=list(outputs), provider=provider),
+                             tf=False)
+
+
+def run_onnx_here(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str], provider: str = "cpu",
+                  session=None) -> dict[str, np.ndarray]:
     """Run an ONNX model; ``feeds``/``outputs`` use TF names, mapped to the model's names.
 
     ``path_or_bytes`` is a path, serialized bytes or an ``onnx.ModelProto``; pass ``session``
@@ -242,6 +281,33 @@ def tflite_name_map(interpreter, inputs: list[str], outputs: list[str]) -> dict:
 
 def run_tflite(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None,
                intermediates: dict | None = None) -> dict[str, np.ndarray]:
+    """:func:`run_tflite_here` in a child process (``mapping`` and ``intermediates`` are filled
+    the same way)."""
+    from bnconvert import isolate
+
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if isinstance(path, str) and not os.path.isfile(path):
+        raise InputError(f"no such TFLite model: {path}")
+    values, names, inter = isolate.run_stage(
+        "the TFLite interpreter", "bnconvert.verify.runners:_run_tflite_child",
+        dict(path=path, feeds=feeds, outputs=list(outputs), want_intermediates=intermediates is not None))
+    if mapping is not None:
+        mapping.clear()
+        mapping.update(names)
+    if intermediates is not None:
+        intermediates.update(inter)
+    return values
+
+
+def _run_tflite_child(path, feeds, outputs, want_intermediates=False):
+    names: dict = {}
+    inter: dict | None = {} if want_intermediates else None
+    return run_tflite_here(path, feeds, outputs, names, inter), names, inter
+
+
+def run_tflite_here(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None,
+                    intermediates: dict | None = None) -> dict[str, np.ndarray]:
     """Run a .tflite model (path or bytes). TF names are matched to TFLite names by name, else
     by position: pass ``feeds`` and ``outputs`` in the order used at export. If ``mapping`` is a
     dict it receives the mapping used (see :func:`tflite_name_map`).

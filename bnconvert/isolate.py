@@ -1,0 +1,360 @@
+"""Child processes for the stages that run foreign native code: TensorFlow executing a graph,
+the converters (tf2onnx, the TFLite converter) and the runtimes (onnxruntime, TFLite).
+
+What a child buys:
+
+- **a crash is one line**: a segfault, an abort or an OOM kill ends the child, not bnconvert;
+  :class:`StageCrashed` (exit 3) names the stage and the signal;
+- **a hang is bounded**: a stage that outlives the timeout (``--timeout``, default
+  :data:`DEFAULT_TIMEOUT` s) is killed, :class:`StageTimeout` (exit 2: the graph computes for
+  longer than allowed, the input's doing);
+- **an interrupt is prompt**: the parent only waits on a pipe in Python, 0.1 s at a time, so
+  SIGINT/SIGTERM reach it within that; the child's process group is killed with SIGKILL;
+- **memory is the largest stage, not the sum**: each stage's interpreter, converter and
+  runtime memory goes back to the system when its child exits.  Graphs travel as files (the
+  staged ``.pb``, the original model's own file), never as pickled GraphDefs; small arguments
+  and results (feeds, outputs, export summaries) travel pickled through a pipe.
+
+Mechanism (decided by measurement, docs/BENCHMARKS_REAL_SIZE.md): a ``multiprocessing``
+**forkserver preloaded with TensorFlow, tf2onnx and onnxruntime**.  A fresh interpreter per
+stage (``python -m bnconvert.isolate …`` or the ``spawn`` start method) pays the imports every
+time: measured on this project's shared 2-core machine (load ~4.5), ``import tensorflow`` took
+18.3 and 21.7 s and 728 MB, ``import tf2onnx`` 27.8 s and 734 MB, per child — five stages would
+add minutes.  Forking the parent itself costs nothing but is unsafe: the parent may already have
+run a TF session (checkpoint restore) whose thread pools do not survive ``fork``.  The forkserver
+imports the libraries once, in parallel with the parent's load and fold (it is started once the
+output folder is checked and locked), never runs a graph itself, and forks a clean child per stage: 0.35–0.5 s per stage round trip measured at load 20
+(a trivial stage), against the imports' tens of seconds.
+Without TensorFlow installed the forkserver preloads what is there, so the ONNX-only paths work.
+
+Children put themselves in their own process group (so a terminal's Ctrl-C reaches only
+bnconvert, which then kills them), write their stdout to stderr (``--json`` stays clean), and
+exit by themselves when the bnconvert process that asked for them is gone.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import signal
+import tempfile
+import threading
+import time
+
+from .errors import BNConvertError
+
+#: seconds a single stage may run before it is killed (``--timeout``)
+DEFAULT_TIMEOUT = 600.0
+_POLL_S = 0.1
+_PRELOAD_TF = ["tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert.interpreter",
+               "bnconvert.verify.runners", "bnconvert.export.onnx", "bnconvert.export.tflite"]
+_PRELOAD_LIGHT = ["numpy", "onnxruntime", "bnconvert.verify.runners"]
+
+_state = {"ctx": None, "timeout": DEFAULT_TIMEOUT, "scratch": None}
+#: stage → peak resident memory of its child in MiB (the last run of each stage); the
+#: conversion copies it into ``report.memory`` so benchmarks can say where the memory goes
+peaks: dict[str, float] = {}
+
+
+class StageCrashed(BNConvertError):
+    """A child stage died from a signal (segfault, abort, out-of-memory kill)."""
+
+    exit_code = 3
+
+
+class StageTimeout(BNConvertError):
+    """A child stage ran longer than the timeout and was killed."""
+
+
+class GraphFile:
+    """A GraphDef passed to a child as a file: the child parses ``path`` (binary GraphDef)."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+
+
+# ---------------------------------------------------------------------------- parent side
+
+def _tf_env() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def _context(tf: bool = True):
+    if _state["ctx"] is not None and tf and not _state.get("tf"):
+        shutdown()  # started light (ONNX-only work first); TF stages want the preloaded server
+    if _state["ctx"] is None:
+        import multiprocessing
+        import sys
+
+        tf = tf or sys.modules.get("tensorflow") is not None  # the caller uses TF: its stages will too
+
+        ctx = multiprocessing.get_context("forkserver")
+        if tf:
+            _tf_env()
+        ctx.set_forkserver_preload(_PRELOAD_TF if tf else _PRELOAD_LIGHT)
+        _state["ctx"], _state["tf"] = ctx, tf
+    return _state["ctx"]
+
+
+def prestart(tf: bool = True) -> None:
+    """Start the forkserver now (it imports TensorFlow while the caller goes on)."""
+    _context(tf)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def shutdown() -> None:
+    """Stop the forkserver (the CLI calls this on exit; it would also stop by itself)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # noqa: SLF001 - no public handle on the server process
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, os.WNOHANG)
+        for attr in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
+            if attr == "_forkserver_alive_fd" and getattr(server, attr, None) is not None:
+                with contextlib.suppress(OSError):
+                    os.close(server._forkserver_alive_fd)  # noqa: SLF001
+            setattr(server, attr, None)
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker  # noqa: SLF001 - started with the forkserver
+    tpid = getattr(tracker, "_pid", None)
+    if tpid:
+        with contextlib.suppress(OSError):
+            os.kill(tpid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(tpid, os.WNOHANG)
+        with contextlib.suppress(OSError, TypeError):
+            os.close(tracker._fd)  # noqa: SLF001
+        tracker._pid = tracker._fd = None  # noqa: SLF001
+    _state["ctx"] = None
+
+
+def set_timeout(timeout: float) -> None:
+    """The default stage timeout, in seconds, from now on (``--timeout``)."""
+    _check_timeout(timeout)
+    _state["timeout"] = float(timeout)
+
+
+def _check_timeout(timeout) -> None:
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        from .errors import InputError
+
+        raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
+
+
+@contextlib.contextmanager
+def limits(timeout: float | None = None, scratch: str | None = None):
+    """Within the block, stages time out after ``timeout`` s and graph copies go to ``scratch``."""
+    old = dict(_state)
+    if timeout is not None:
+        _check_timeout(timeout)
+        _state["timeout"] = float(timeout)
+    if scratch is not None:
+        _state["scratch"] = scratch
+    try:
+        yield
+    finally:
+        _state["timeout"], _state["scratch"] = old["timeout"], old["scratch"]
+
+
+@contextlib.contextmanager
+def graph_file(source):
+    """``source`` (a path, a :class:`bnconvert.load.Model` or a GraphDef) as a :class:`GraphFile`.
+
+    A binary ``.pb`` model read without repairs is passed as its own file; anything else is
+    written once to the scratch folder (the run's staging folder, else a private temp folder)
+    and removed when the block ends.
+    """
+    if isinstance(source, (str, os.PathLike)) and not os.fspath(source).endswith((".pbtxt", ".txt")):
+        yield GraphFile(source)
+        return
+    if isinstance(source, (str, os.PathLike)):
+        from .load import load
+
+        source = load(os.fspath(source), allow_unsafe=True)
+    if hasattr(source, "graph_def") and hasattr(source, "path"):
+        if source.format == "pb" and not source.repairs and os.path.isfile(source.path):
+            yield GraphFile(source.path)
+            return
+        source = source.graph_def
+    scratch = _state["scratch"]
+    own = None
+    if scratch is None or not os.path.isdir(scratch):
+        scratch = own = tempfile.mkdtemp(prefix="bnconvert-")
+    fd, path = tempfile.mkstemp(suffix=".pb", dir=scratch, prefix="graph-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(source.SerializeToString())
+        yield GraphFile(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        if own:
+            with contextlib.suppress(OSError):
+                os.rmdir(own)
+
+
+def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: float | None = None):
+    """Run ``target`` ("module:function") with ``kwargs`` in a child; return its result.
+
+    :class:`GraphFile` arguments are parsed into GraphDefs in the child.  A
+    :class:`BNConvertError` raised there is raised here (same class, message, exit code); any
+    other exception becomes a :class:`BNConvertError` with exit code 3 naming the stage.
+    """
+    ctx = _context(tf)
+    timeout = _state["timeout"] if timeout is None else timeout
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(writer, stage, target, kwargs, os.getpid()), daemon=True,
+                       name=f"bnconvert {stage}")
+    msg = None
+    try:
+        proc.start()
+        writer.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if reader.poll(_POLL_S):
+                with contextlib.suppress(EOFError, OSError):
+                    msg = reader.recv()
+                break
+            if not proc.is_alive():
+                if reader.poll(0):
+                    with contextlib.suppress(EOFError, OSError):
+                        msg = reader.recv()
+                break
+            if time.monotonic() > deadline:
+                _kill(proc)
+                raise StageTimeout(f"{stage} ran longer than the {timeout:g} s timeout and was stopped "
+                                   "(--timeout to allow more)")
+    except BaseException:
+        _kill(proc, wait=False)  # SIGKILL is enough: freeing a big child's memory takes seconds
+        raise
+    finally:
+        reader.close()
+        with contextlib.suppress(ValueError, OSError):
+            writer.close()
+    proc.join(5)
+    if msg is not None and len(msg) > 1 and msg[0] == "ok":
+        peaks[stage] = msg[2]
+    if msg is None:
+        code = proc.exitcode
+        _kill(proc)
+        raise StageCrashed(f"{stage} crashed ({_describe(code)})")
+    return _unpack(stage, msg)
+
+
+def _kill(proc, wait: bool = True) -> None:
+    pid = proc.pid
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        proc.kill()
+    if wait:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            proc.join(5)
+
+
+def _describe(code) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = {"SIGKILL": "; out of memory?", "SIGSEGV": "; a bug in the native library, triggered by this graph",
+                "SIGABRT": "; the native library gave up on this graph"}.get(name, "")
+        return f"killed by {name}{hint}"
+    return f"exit status {code} without a result"
+
+
+def _unpack(stage: str, msg):
+    kind = msg[0]
+    if kind == "ok":
+        return msg[1]
+    if kind == "err":
+        _, module, cls_name, message, code = msg
+        cls = getattr(importlib.import_module(module), cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, BNConvertError)):
+            cls = BNConvertError
+        err = cls.__new__(cls)
+        BNConvertError.__init__(err, message)
+        if err.exit_code != code:
+            err.exit_code = code
+        return _raise(err)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    _, cls_name, message = msg
+    err = BNConvertError(f"internal error in {stage}: {cls_name}: {message} (run with --debug for details)")
+    err.exit_code = 3
+    return _raise(err)
+
+
+def _raise(err):
+    raise err
+
+
+# ---------------------------------------------------------------------------- child side
+
+def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int) -> None:
+    """Body of a child: own process group, stdout → stderr, run, send one message, exit."""
+    with contextlib.suppress(OSError):
+        os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    try:
+        module, func = target.split(":")
+        fn = getattr(importlib.import_module(module), func)
+        args = {k: _read_graph(v.path) if isinstance(v, GraphFile) else v for k, v in kwargs.items()}
+        result = fn(**args)
+        import resource
+
+        msg = ("ok", result, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    except BNConvertError as e:
+        msg = ("err", type(e).__module__, type(e).__name__, e.message, e.exit_code)
+    except KeyboardInterrupt:
+        msg = ("interrupt",)
+    except BaseException as e:  # noqa: BLE001 - everything else is an internal error, one line
+        if os.environ.get("BNCONVERT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        msg = ("exc", type(e).__name__, " ".join(str(e).split())[:300])
+    try:
+        conn.send(msg)
+    except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
+        conn.send(("exc", type(e).__name__, " ".join(str(e).split())[:300]))
+    conn.close()
+    os._exit(0)  # skip TensorFlow's teardown: nothing is left to flush
+
+
+def _watch_parent(pid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:
+            pass
+
+
+def _read_graph(path: str):
+    from .tfproto import new_graph_def
+
+    gd = new_graph_def()
+    with open(path, "rb") as f:
+        gd.ParseFromString(f.read())
+    return gd
