@@ -53,6 +53,8 @@ def convert(path: str, outdir: str | None, opts: ConvertOptions):
 
     exp, ver, ana = opts.export, opts.verify, opts.analysis
     exp.to = check_formats(exp.to)
+    if exp.bn_form not in ("bnop", "muladd"):
+        raise InputError(f"--bn-form: unknown form '{exp.bn_form}' (bnop or muladd)")
     paths = output_paths(path, outdir, exp.to)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
@@ -174,7 +176,7 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
         t = time.perf_counter()
         staged["onnx"] = os.path.join(tmp, os.path.basename(paths["onnx"]))
         r.exports["onnx"] = export_onnx(folded.graph_def, r.inputs, r.outputs, staged["onnx"], opset=exp.opset,
-                                        input_shapes=exp.input_shapes)
+                                        input_shapes=exp.input_shapes, bn_form=exp.bn_form)
         r.timings["export_onnx"] = time.perf_counter() - t
     if "tflite" in exp.to:
         from .export.tflite import export_tflite

@@ -22,6 +22,9 @@ def add_arguments(p) -> None:
                    help="do not fold into weights: every BN becomes one Mul and one Add (inference form)")
     p.add_argument("--only", help="fold only BNs whose name contains one of these comma-separated strings")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--bn-form", choices=("bnop", "muladd"), default="bnop",
+                   help="ONNX form of a BN that cannot be folded: one BatchNormalization (bnop, faster on "
+                        "onnxruntime) or Mul+Add (default: bnop)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     add_model_arguments(p)
     add_verify_arguments(p)
@@ -37,7 +40,7 @@ def run(args) -> int:
             args.model, args.outdir, to=tuple(split_list(args.to) or ()), verify=not args.no_verify,
             force=args.force, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
             set_flags=parse_set(args.set), mode="scale_shift" if args.no_fold else "fold",
-            only=split_list(args.only), opset=args.opset, batch=args.batch,
+            only=split_list(args.only), opset=args.opset, bn_form=args.bn_form, batch=args.batch,
             input_shapes=parse_shapes(args.input_shape), data=args.data, providers=providers(args.providers),
             atol=args.atol, rtol=args.rtol, allow_unsafe=args.allow_unsafe_ops, seed=args.seed,
         )
