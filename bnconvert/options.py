@@ -43,6 +43,8 @@ class ExportOptions:
     opset: int = 17
     batch: int = 1
     input_shapes: dict[str, list[int]] | None = None
+    #: ONNX form of BNs kept as scale-shift: "bnop" (one BatchNormalization) or "muladd"
+    bn_form: str = "bnop"
 
 
 @dataclass

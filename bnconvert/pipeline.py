@@ -75,6 +75,8 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
     if opts.max_memory is not None:
         budget.configure(opts.max_memory)
     exp.to = check_formats(exp.to)
+    if exp.bn_form not in ("bnop", "muladd"):
+        raise InputError(f"--bn-form: unknown form '{exp.bn_form}' (bnop or muladd)")
     if ver.verify:
         check_providers(ver.providers)  # before any work: an unusable provider is one line, exit 2
     paths = output_paths(path, outdir, exp.to, opts.fold.mode)
@@ -342,7 +344,8 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
         staged["_graph"] = graph_path
     stages = {
         "onnx": ("the ONNX export (tf2onnx)", "bnconvert.export.onnx:export_onnx",
-                 dict(inputs=r.inputs, outputs=r.outputs, opset=exp.opset, input_shapes=exp.input_shapes)),
+                 dict(inputs=r.inputs, outputs=r.outputs, opset=exp.opset, input_shapes=exp.input_shapes,
+                      bn_form=exp.bn_form)),
         "tflite": ("the TFLite export (TFLite converter)", "bnconvert.export.tflite:export_tflite",
                    dict(inputs=r.inputs, outputs=r.outputs, input_shapes=r.input_shapes)),
     }

@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
                    help="fold only the BNs named (exact names or globs such as 'block1/*', comma-separated; "
                         "see 'bnconvert inspect'); the others become Mul+Add (default: fold all)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--bn-form", choices=("bnop", "muladd"), default="bnop",
+                   help="ONNX form of a BN that cannot be folded: one BatchNormalization (bnop, faster on "
+                        "onnxruntime) or Mul+Add")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     add_model_arguments(p)
     add_verify_arguments(p)
@@ -52,7 +55,7 @@ def run(args) -> int:
             verify=not args.no_verify, timeout=args.timeout,
             force=args.force, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
             set_flags=parse_set(args.set), mode="scale_shift" if args.no_fold else "fold",
-            only=split_list(args.only), opset=args.opset, batch=args.batch,
+            only=split_list(args.only), opset=args.opset, bn_form=args.bn_form, batch=args.batch,
             input_shapes=parse_shapes(args.input_shape), data=args.data, providers=providers(args.providers),
             atol=args.atol, rtol=args.rtol, allow_unsafe=args.allow_unsafe_ops, seed=args.seed,
             quantize=args.quantize, calibration=args.calibration, calibration_samples=args.calibration_samples,

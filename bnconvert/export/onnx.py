@@ -79,12 +79,13 @@ def count_ops(graph) -> Counter:
 
 
 def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, opset: int = 17,
-                input_shapes: dict[str, list[int]] | None = None) -> dict:
+                input_shapes: dict[str, list[int]] | None = None, bn_form: str = "bnop") -> dict:
     """Convert with tf2onnx, check with ``onnx.checker``, write ``path`` atomically.
 
     ``input_shapes`` (optional, TF name → dims, None for a dynamic dim) overrides the
     placeholders' declared shapes; without it unknown dims stay dynamic in the ONNX model.
-    Returns ``{"opset", "ops", "inputs", "outputs", "onnx_names"}``. tf2onnx failures raise
+    ``bn_form``: how BNs kept as scale-shift appear (:mod:`bnconvert.export.bnform`).
+    Returns ``{"opset", "ops", "inputs", "outputs", "onnx_names", "bn_ops"}``. tf2onnx failures raise
     :class:`UnsupportedError` (unsupported ops) or :class:`InputError`, one line each.
     """
     inputs, outputs = list(inputs), list(outputs)
@@ -116,6 +117,11 @@ def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, ops
     if unconverted:
         raise UnsupportedError(f"tf2onnx cannot convert TF op(s) {', '.join(unconverted)} "
                                f"(no ONNX equivalent at opset {opset})")
+    bn_ops = 0
+    if bn_form == "bnop":
+        from bnconvert.export.bnform import scale_shift_to_batchnorm
+
+        bn_ops = scale_shift_to_batchnorm(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - onnx.checker.ValidationError
@@ -139,11 +145,19 @@ def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, ops
         "inputs": [_value_info(vi) for vi in model.graph.input if vi.name in onnx_in],
         "outputs": [_value_info(vi) for vi in model.graph.output],
         "onnx_names": names,
+        "bn_form": bn_form,
+        "scale_shift_as_batchnorm": bn_ops,
     }
 
 
+def _written_by_bnconvert(node) -> bool:
+    """A BatchNormalization bnconvert wrote for a reported scale-shift (:mod:`.bnform`)."""
+    return node.op_type == "BatchNormalization" and node.name.endswith("/scale_shift/bn")
+
+
 def onnx_bn_leftovers(model_or_path) -> list[str]:
-    """``"OpType:node_name"`` for every BatchNormalization, If, Sqrt and Reciprocal node.
+    """``"OpType:node_name"`` for every BatchNormalization, If, Sqrt and Reciprocal node that
+    bnconvert did not write itself (a reported scale-shift exported as one BatchNormalization).
 
     Subgraphs (If branches) are searched too. Empty means nothing BN-derived is left.
     """
@@ -153,5 +167,6 @@ def onnx_bn_leftovers(model_or_path) -> list[str]:
     if not hasattr(model, "graph"):
         model = onnx.load(os.fspath(model_or_path), load_external_data=False)
 
-    found = [f"{n.op_type}:{n.name}" for n in _all_nodes(model.graph) if n.op_type in BN_LEFTOVER_OPS]
+    found = [f"{n.op_type}:{n.name}" for n in _all_nodes(model.graph)
+             if n.op_type in BN_LEFTOVER_OPS and not _written_by_bnconvert(n)]
     return found
