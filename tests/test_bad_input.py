@@ -129,6 +129,7 @@ def test_model_over_2gib_is_refused_before_parsing(corpus, monkeypatch, capsys, 
 
     valid = os.path.join(corpus["folder"], "valid.pb")
     digest = sha256(valid)
+    importlib.import_module("bnconvert.pipeline")  # imported now, it must not copy the patched limit
     monkeypatch.setattr(importlib.import_module("bnconvert.load"), "MAX_PROTO_BYTES", 100)
     out = tmp_path / "out"
     out.mkdir()
