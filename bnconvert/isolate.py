@@ -103,7 +103,8 @@ def prestart(tf: bool = True) -> None:
     _context(tf)
     from multiprocessing import forkserver
 
-    forkserver.ensure_running()
+    with _caller_main_hidden():
+        forkserver.ensure_running()
 
 
 def shutdown() -> None:
@@ -202,6 +203,35 @@ def graph_file(source):
                 os.rmdir(own)
 
 
+@contextlib.contextmanager
+def _caller_main_hidden():
+    """While a child or the forkserver starts, hide the caller's ``__main__`` from multiprocessing.
+
+    multiprocessing's forkserver (like spawn) re-imports the parent's main module in every child
+    (``__mp_main__``) unless the script guards its code with ``if __name__ == "__main__":`` —
+    a library call from a plain script would then run the script again in each stage and fail.
+    bnconvert's children need nothing from ``__main__`` (their target is ``bnconvert.isolate``),
+    so its ``__spec__``/``__file__`` are hidden for the moment the preparation data is taken.
+    """
+    import sys
+
+    from .verify.runners import quiet_fd2
+
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__["__spec__"] = None
+            main.__dict__.pop("__file__", None)
+        with quiet_fd2():  # a forkserver started here inherits fd 2: its preload imports stay quiet
+            yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__file__" not in saved:
+                main.__dict__.pop("__file__", None)
+
+
 def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: float | None = None):
     """Run ``target`` ("module:function") with ``kwargs`` in a child; return its result.
 
@@ -216,7 +246,8 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
                        name=f"bnconvert {stage}")
     msg = None
     try:
-        proc.start()
+        with _caller_main_hidden():
+            proc.start()
         writer.close()
         deadline = time.monotonic() + timeout
         while True:
@@ -311,6 +342,14 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int) -> None
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not os.environ.get("BNCONVERT_DEBUG"):
+        # the libraries' chatter (TF deprecation warnings, onnxruntime telemetry, converter logs)
+        # is not the user's business: results and errors come back through the pipe, a crash is
+        # named by the parent; --debug (BNCONVERT_DEBUG) keeps it all
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()

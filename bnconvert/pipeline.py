@@ -336,7 +336,8 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
     r.input_shapes = resolve_shapes(folded.graph_def, r.inputs, exp.input_shapes, batch=exp.batch)
     t = time.perf_counter()
     graph_path = os.path.join(tmp, os.path.basename(paths["pb"]) if "pb" in exp.to else "folded-input.pb")
-    write_graph_def(folded.graph_def, graph_path)
+    with progress.stage("export pb" if "pb" in exp.to else "stage the folded graph"):
+        write_graph_def(folded.graph_def, graph_path)
     if "pb" in exp.to:
         staged["pb"] = graph_path
         r.timings["write_pb"] = time.perf_counter() - t

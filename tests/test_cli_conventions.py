@@ -34,7 +34,7 @@ def _help(*argv) -> str:
 
 def test_help_shows_defaults():
     text = _help("fold")
-    for want in ("formats to write, comma-separated (default: pb,onnx,tflite)", "ONNX opset (default: 17)",
+    for want in ("formats to write, comma-separated (default: pb,onnx,tflite;", "ONNX opset (default: 17)",
                  "absolute tolerance (default: 1e-05; 0.001 for float16 outputs)", "(default: 0.0001;",
                  "'x' or 'x:0'", "<stem>.scaleshift.pb", "globs", "(default: 1)", "--quiet"):
         assert want in text, want

@@ -91,9 +91,7 @@ def test_onnx_export_input_shapes_fix_the_batch(tmp_path):
     info = export_onnx(conv_graph(), ["x:0"], ["y:0"], str(tmp_path / "m.onnx"), opset=13,
                        input_shapes={"x:0": [2, 8, 8, 3]})
     assert info["opset"] == 13
-    # issue 11: the batch stays resizable (default 1); the run below feeds batch 2
-    assert info["batch"] == "dynamic" and info["inputs"][0]["shape"][1:] == [8, 8, 3]
-    assert info["inputs"][0]["shape_signature"] == [-1, 8, 8, 3]
+    assert info["inputs"][0]["shape"] == [2, 8, 8, 3]
 
 
 def test_onnx_leftovers_unfolded_bn_after_matmul(tmp_path):

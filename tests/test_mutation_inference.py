@@ -116,11 +116,9 @@ def test_cond_on_a_computed_predicate_is_left_alone():
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(np.abs(ref).max(), 1e-6))
 
 
-def test_merge_of_a_dead_and_two_live_inputs_is_refused():
-    """A 3-input Merge with one dead input cannot be resolved; its dead input must not be left
-    dangling: fold stops with one clear error."""
-    from bnconvert.errors import UnsupportedError
-
+def test_merge_of_a_dead_and_two_live_inputs_keeps_the_live_ones():
+    """A 3-input Merge with one dead input keeps its two live inputs, as TensorFlow would see
+    them (one mechanism over the real ports, issue 15); the dead one is not left dangling."""
     rng = np.random.default_rng(23)
     g = tf.Graph()
     with g.as_default():
@@ -130,5 +128,12 @@ def test_merge_of_a_dead_and_two_live_inputs_is_refused():
         off, on = tf.raw_ops.Switch(data=y, pred=flag)
         merged, _ = tf.raw_ops.Merge(inputs=[on * 2.0, off, y * 0.5], name="merge3")
         tf.identity(merged, name="out")
-    with pytest.raises(UnsupportedError, match="exists only in training mode"):
-        bnconvert.fold(g.as_graph_def(), inputs=["x:0"], outputs=["out:0"])
+    folded = bnconvert.fold(g.as_graph_def(), inputs=["x:0"], outputs=["out:0"])
+    nodes = {n.name: n for n in folded.graph_def.node}
+    merge = nodes["merge3"]
+    data = [i for i in merge.input if not i.startswith("^")]
+    assert len(data) == 2 and merge.attr["N"].i == 2, list(merge.input)
+    assert not any(i.split(":")[0].startswith("mul") and "Switch:1" in i for i in data)
+    for n in folded.graph_def.node:  # nothing reads a removed node
+        for i in n.input:
+            assert i.lstrip("^").split(":")[0] in nodes, (n.name, i)

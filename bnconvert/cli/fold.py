@@ -16,8 +16,8 @@ HELP = "fold batch norms, export .pb/.onnx/.tflite and verify them"
 def add_arguments(p) -> None:
     p.add_argument("model", help=".pb, .pbtxt, checkpoint .meta (or folder), or SavedModel folder")
     p.add_argument("-o", "--outdir", help="output folder (default: the model's folder)")
-    p.add_argument("--to", default=None, help="formats to write: pb,onnx,tflite (default: all; a format whose "
-                   "converter cannot handle the graph is then skipped with a warning)")
+    p.add_argument("--to", default=None, help="formats to write, comma-separated (default: pb,onnx,tflite; "
+                   "a format whose converter cannot handle the graph is then skipped with a warning)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
     p.add_argument("--no-fold", action="store_true",

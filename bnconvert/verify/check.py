@@ -104,8 +104,10 @@ def check_providers(providers) -> None:
     """Refuse an unusable onnxruntime provider before any work (one line, exit 2)."""
     if "cuda" not in tuple(providers or ()):
         return
+    from .runners import import_onnxruntime
+
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         raise InputError("--providers cuda: onnxruntime is not installed") from None
     have = ort.get_available_providers()
@@ -131,11 +133,13 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
     for i, extra in enumerate(attempts):
         fetch = list(outputs) + extra
         try:
-            got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what),
-                           runs)
+            got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what,
+                                            stage="TensorFlow (original graph)"), runs)
             break
         except BNConvertError as e:
-            if i == len(attempts) - 1 or not extra:
+            from ..isolate import StageCrashed, StageTimeout
+
+            if i == len(attempts) - 1 or not extra or isinstance(e, (StageCrashed, StageTimeout)):
                 raise
             notes.append(f"some layers not compared: the original graph cannot compute them ({e})")
     if not extra:
@@ -202,7 +206,7 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     runs, info = make_samples(folded.model.graph_def, report.inputs, shapes, vopts, fixed)
     report.verification_inputs = info
     probes, skipped = layer_probes(folded.model.graph_def, folded.graph_def, report.layers, report.outputs)
-    orig_names = {n.name for n in folded.model.graph_def.node}
+    orig_names = {n.name: n.op for n in folded.model.graph_def.node}
     tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs,
                        fold_changed(folded.model.graph_def, report.layers)) if "tflite" in staged else None
     t = time.perf_counter()
@@ -215,7 +219,8 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
     if "pb" in staged:
         def tf_folded():
             fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
-            got = run_many(lambda f: run_tf(folded.graph_def, f, fetch, allow_unsafe=allow_unsafe), runs)
+            got = run_many(lambda f: run_tf(folded.graph_def, f, fetch, allow_unsafe=allow_unsafe,
+                                            stage="TensorFlow (folded graph)"), runs)
             return got, lambda p: p.candidate
         entries.append(("tf:folded", staged["pb"], tf_folded))
     if "onnx" in staged:
@@ -274,7 +279,12 @@ class TFLiteLayers:
 
     PREFIX = "tflite:"
 
-    def __init__(self, path, original_names: set[str], outputs: list[str], changed: set[str] = frozenset()):
+    #: ops whose output snaps to a grid: a one-step rounding difference between TF and TFLite is
+    #: expected there (the outputs still have to agree), so tensors fused with them are not compared
+    ROUNDING_OPS = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs", "FakeQuantWithMinMaxVarsPerChannel",
+                    "QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")
+
+    def __init__(self, path, original_names: dict[str, str], outputs: list[str], changed: set[str] = frozenset()):
         from .runners import tflite_interpreter
 
         it = tflite_interpreter(path)
@@ -286,7 +296,12 @@ class TFLiteLayers:
                 d = details.get(i)
                 if d is None or np.dtype(d["dtype"]).kind != "f":
                     continue
-                parts = [p for p in dict.fromkeys(d["name"].split(";")) if p in original_names and p not in skip]
+                named = list(dict.fromkeys(d["name"].split(";")))
+                if any(p not in original_names for p in named):
+                    continue  # fused with an op bnconvert wrote: its value may be that op's, not an original's
+                if any(original_names[p] in self.ROUNDING_OPS for p in named):
+                    continue
+                parts = [p for p in named if p not in skip]
                 if parts:
                     self.tensors.append((d["name"], [f"{p}:0" for p in parts]))
 
@@ -320,6 +335,8 @@ class TFLiteLayers:
                 return float(np.nanmax(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)))) \
                     if np.shape(c) == np.shape(r) else float("inf")
             best, ref = min(refs, key=lambda pr: dist(pr[1]))
+            if dist(ref) == float("inf"):
+                continue  # no original tensor of its shape (e.g. a weight named after its layer)
             rows.append((node_of(best), f"{best} (tflite '{name}')", ref, cand))
         return rows, ([] if rows else ["tflite: no intermediate tensor of the .tflite names a tensor of the original"])
 
@@ -471,7 +488,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
         runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
         notes: list[str] = []
-        tfl = TFLiteLayers(converted, {n.name for n in model.graph_def.node}, outs,
+        tfl = TFLiteLayers(converted, {n.name: n.op for n in model.graph_def.node}, outs,
                            fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
         ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
                                   also_candidates=True, more=tfl.references if tfl else ())

@@ -49,7 +49,7 @@ def align(reference: np.ndarray, candidate):
     options = []
     if cand.shape == ref.shape:
         options.append(cand)
-    if cand.ndim == ref.ndim and cand.ndim in (4, 5):
+    if cand.ndim == ref.ndim and cand.ndim in (3, 4, 5):
         to_last = (0,) + tuple(range(2, cand.ndim)) + (1,)  # tf2onnx: NCHW tensor for an NHWC graph
         to_first = (0, cand.ndim - 1) + tuple(range(1, cand.ndim - 1))  # TFLite: NHWC for an NCHW graph
         for perm in (to_last, to_first):

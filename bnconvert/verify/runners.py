@@ -151,13 +151,54 @@ _ORT_TYPES = {
 }
 
 
+def quiet_fd2():
+    """Context manager: file descriptor 2 to /dev/null for the block (native libraries' chatter),
+    unless ``--debug`` (BNCONVERT_DEBUG) or TF_CPP_MIN_LOG_LEVEL=0 asks for it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        saved = None
+        if not os.environ.get("BNCONVERT_DEBUG") and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+            try:
+                import sys
+
+                sys.stderr.flush()
+                saved = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            except OSError:
+                saved = None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    return cm()
+
+
+def import_onnxruntime():
+    """``import onnxruntime`` without its import-time warnings on stderr (a telemetry id it cannot
+    persist where bnconvert keeps it from writing into HOME)."""
+    import sys
+
+    if sys.modules.get("onnxruntime") is not None:
+        return sys.modules["onnxruntime"]
+    with quiet_fd2():
+        import onnxruntime
+    return onnxruntime
+
+
 def onnx_session(path_or_bytes, provider: str = "cpu"):
     """An onnxruntime InferenceSession on ``provider`` ("cpu" or "cuda", TF32 off).
 
     Raises :class:`InputError` if CUDA is asked for but is not available or fails to load
     (onnxruntime would otherwise fall back to CPU silently).
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if provider not in ONNX_PROVIDERS:
         raise InputError(f"unknown ONNX provider '{provider}' (use one of: {', '.join(ONNX_PROVIDERS)})")
