@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import numbers
 import os
 import shutil
@@ -166,7 +167,12 @@ def _check_options(options: dict) -> dict:
     out = dict(options)
     for key in ("inputs", "outputs", "only"):
         if key in out:
+            given = out[key] is not None
             out[key] = _names(out[key], key)
+            if key == "only" and given and not out[key]:
+                raise InputError("only: no batch norm named (an empty --only would fold nothing by name)")
+    if out.get("only") and out.get("mode") == "scale_shift":
+        raise InputError("only: --only selects BNs to fold, --no-fold folds none; give one of them")
     if "to" in out:
         to = _names(out["to"], "to")
         if not to:
@@ -190,7 +196,8 @@ def _check_options(options: dict) -> dict:
             raise InputError(f"{key}: expected an integer, got {_type(out[key])}")
     for key in ("atol", "rtol"):
         v = out.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
+                              or v < 0):
             raise InputError(f"{key}: expected a non-negative number, got {_type(v)}")
     if out.get("data") is not None and not isinstance(out["data"], (str, os.PathLike)):
         raise InputError(f"data: expected the path of an .npz file, got {_type(out['data'])}")

@@ -27,8 +27,8 @@ def output_stem(path: str) -> str:
     are generic, ``model.ckpt-1000``); a SavedModel after its folder."""
     p = os.path.normpath(os.path.abspath(path))
     if p.endswith(".meta") and not os.path.isdir(p):
-        return os.path.basename(os.path.dirname(p)) or Model(None, path, "").stem
-    return Model(None, path, "").stem
+        return os.path.basename(os.path.dirname(p)) or Model(None, p, "").stem
+    return Model(None, p, "").stem  # absolute: "." is named after the folder, not ".."
 
 
 def output_paths(path: str, outdir: str | None, to: tuple[str, ...], mode: str = "fold") -> dict[str, str]:

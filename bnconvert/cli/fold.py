@@ -55,7 +55,7 @@ def run(args) -> int:
             verify=not args.no_verify, timeout=args.timeout,
             force=args.force, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
             set_flags=parse_set(args.set), mode="scale_shift" if args.no_fold else "fold",
-            only=split_list(args.only), opset=args.opset, bn_form=args.bn_form, batch=args.batch,
+            only=args.only, opset=args.opset, bn_form=args.bn_form, batch=args.batch,
             input_shapes=parse_shapes(args.input_shape), data=args.data, providers=providers(args.providers),
             atol=args.atol, rtol=args.rtol, allow_unsafe=args.allow_unsafe_ops, seed=args.seed,
             quantize=args.quantize, calibration=args.calibration, calibration_samples=args.calibration_samples,
