@@ -219,13 +219,22 @@ def _caller_main_hidden():
 
     main = sys.modules.get("__main__")
     saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
+    # a forkserver started here must import the same bnconvert as the caller (not another copy
+    # that happens to be first on a fresh interpreter's path, e.g. after a chdir)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    old_pp = os.environ.get("PYTHONPATH")
     try:
+        os.environ["PYTHONPATH"] = here + (os.pathsep + old_pp if old_pp else "")
         if main is not None:
             main.__dict__["__spec__"] = None
             main.__dict__.pop("__file__", None)
         with quiet_fd2():  # a forkserver started here inherits fd 2: its preload imports stay quiet
             yield
     finally:
+        if old_pp is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_pp
         if main is not None:
             main.__dict__.update(saved)
             if "__file__" not in saved:
