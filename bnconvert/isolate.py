@@ -251,7 +251,9 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
     ctx = _context(tf)
     timeout = _state["timeout"] if timeout is None else timeout
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(writer, stage, target, kwargs, os.getpid()), daemon=True,
+    from . import budget
+
+    proc = ctx.Process(target=_child, args=(writer, stage, target, kwargs, os.getpid(), budget.limit()), daemon=True,
                        name=f"bnconvert {stage}")
     msg = None
     try:
@@ -345,8 +347,35 @@ def _raise(err):
 
 # ---------------------------------------------------------------------------- child side
 
-def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int) -> None:
-    """Body of a child: own process group, stdout → stderr, run, send one message, exit."""
+def _limit_data(budget_bytes: int | None) -> None:
+    """Cap this child's data segment (heap and private anonymous mappings: ``RLIMIT_DATA``) at
+    what it holds now plus twice the memory budget: once for the model's constants, once for
+    what running it allocates.  A graph that computes a huge tensor at run time (``Fill`` with
+    a constant shape of billions) then fails its allocation here — TensorFlow reports "OOM when
+    allocating", one line, exit 2 — instead of taking the machine's memory."""
+    if not budget_bytes:
+        return
+    from . import budget
+
+    budget.configure(int(budget_bytes))  # the parent's budget, for this child's checks and messages
+    try:
+        import resource
+
+        with open("/proc/self/status") as f:
+            data_kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmData:"))
+        cap = data_kb * 1024 + 2 * int(budget_bytes)
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft == resource.RLIM_INFINITY or cap < soft:
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (OSError, ValueError, StopIteration):  # not Linux /proc: no cap
+        pass
+
+
+def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_bytes: int | None = None) -> None:
+    """Body of a child: own process group, stdout → stderr, data segment capped by the memory
+    budget, run, send one message, exit."""
     with contextlib.suppress(OSError):
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -362,6 +391,7 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int) -> None
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _limit_data(budget_bytes)
     try:
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)

@@ -58,3 +58,42 @@ def test_checkpoint_folder_given_as_dot_is_named_after_the_folder(tmp_path):
                        text=True, cwd=ck, env=_env(), timeout=300)
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(out)) == ["ckpt_dense.folded.pb", "ckpt_dense.report.json"]
+
+
+def _fill_bomb(path: str, n: int) -> None:
+    """A ~1 KB graph whose verification allocates ``n`` floats at run time (``Fill``): nothing for
+    the constant budget to see."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4, 4, 3], name="x")
+        big = tf.fill(tf.constant([n], tf.int64), 1.0)
+        c = tf.nn.conv2d(x + tf.reduce_sum(big) * 0.0, tf.constant(0.1, shape=[3, 3, 3, 4]), [1, 1, 1, 1], "SAME")
+        y = tf.compat.v1.nn.fused_batch_norm(c, tf.ones([4]), tf.zeros([4]), tf.zeros([4]) + 0.5, tf.ones([4]),
+                                             is_training=False)[0]
+        tf.identity(y, name="out")
+    with open(path, "wb") as f:
+        f.write(g.as_graph_def().SerializeToString())
+
+
+def test_runtime_allocation_bomb_stops_at_the_memory_budget(tmp_path):
+    """``Fill([2**29])`` (2 GiB) under ``--max-memory 512M``: the stage child's data segment is
+    capped, the run stops with one line naming the budget, and no process grew to 2 GiB."""
+    bomb = tmp_path / "fillbomb.pb"
+    _fill_bomb(str(bomb), 2**29)
+    runner = textwrap.dedent(f"""
+        import resource, subprocess, sys
+        p = subprocess.run({CLI + ["fold", str(bomb), "-o", str(tmp_path / "o"), "--to", "pb",
+                                   "--max-memory", "512M"]!r}, capture_output=True, text=True)
+        sys.stderr.write(p.stderr)
+        print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """)
+    p = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, cwd=ROOT, env=_env(),
+                       timeout=300)
+    rc, peak_kb = (int(v) for v in p.stdout.split())
+    assert rc == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs more memory than the budget of 512.0 MiB" in lines[0], p.stderr
+    assert peak_kb < 1536 * 1024, peak_kb  # the 2 GiB tensor was never allocated
+    assert not (tmp_path / "o").exists()

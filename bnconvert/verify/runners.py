@@ -131,11 +131,31 @@ def run_tf_here(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], fla
     with tf.compat.v1.Session(graph=graph, config=config) as sess:
         try:
             values = sess.run(fetches, feed_dict)
-        except (tf.errors.InvalidArgumentError, ValueError) as e:
-            raise InputError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
-        except tf.errors.OpError as e:
-            raise GraphError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
+        except (tf.errors.OpError, ValueError) as e:
+            _raise_run_error(tf, e)
     return {o: np.asarray(v) for o, v in zip(outputs, values)}
+
+
+#: what TensorFlow says when an allocation fails (the stage child's data segment is capped by the
+#: memory budget, bnconvert.isolate._limit_data): grappler's constant folding or a kernel
+_ALLOCATION_FAILED = ("OOM when allocating", "Cannot parse tensor from proto", "bad_alloc", "Cannot allocate memory")
+
+
+def _raise_run_error(tf, e):
+    msg = str(e)
+    if isinstance(e, tf.errors.ResourceExhaustedError) or any(s in msg for s in _ALLOCATION_FAILED):
+        from bnconvert.budget import human, limit
+
+        raise InputError(f"running the graph needs more memory than the budget of {human(limit())} "
+                         f"(--max-memory; at node {_failed_node(msg)})") from None
+    if isinstance(e, (tf.errors.InvalidArgumentError, ValueError)):
+        raise InputError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
+    raise GraphError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
+
+
+def _failed_node(msg: str) -> str:
+    m = re.search(r"node '?([^'\s\]]+)'?", msg)
+    return m.group(1) if m else "?"
 
 
 def _tensor_name(name: str) -> str:
