@@ -215,7 +215,7 @@ def _caller_main_hidden():
     """
     import sys
 
-    from .verify.runners import quiet_fd2
+    from .tfproto import quiet_fd2
 
     main = sys.modules.get("__main__")
     saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}

@@ -22,6 +22,34 @@ def no_home_state() -> None:
     os.environ.setdefault("XDG_CACHE_HOME", unwritable)
 
 
+def quiet_fd2():
+    """Context manager: file descriptor 2 to /dev/null for the block (native libraries' start-up
+    chatter), unless ``--debug`` (BNCONVERT_DEBUG) or TF_CPP_MIN_LOG_LEVEL=0 asks for it."""
+    import contextlib
+    import sys
+
+    @contextlib.contextmanager
+    def cm():
+        saved = None
+        if not os.environ.get("BNCONVERT_DEBUG") and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") != "0":
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            except OSError:
+                saved = None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    return cm()
+
+
 def tf():
     """Import TensorFlow (v1 graph APIs) on first use, quietly.
 
@@ -39,23 +67,8 @@ def tf():
     # TensorFlow's default CPU kernels refuse NCHW Conv2D/Depthwise/Conv2DBackpropInput on CPUs
     # without AVX-512; its oneDNN kernels run them, so NCHW graphs can be verified anywhere.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") != "0"
-    saved = None
-    if quiet:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except OSError:
-            saved = None
-    try:
+    with quiet_fd2():
         import tensorflow as _tf
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
     return _tf
 
 

@@ -171,35 +171,6 @@ _ORT_TYPES = {
 }
 
 
-def quiet_fd2():
-    """Context manager: file descriptor 2 to /dev/null for the block (native libraries' chatter),
-    unless ``--debug`` (BNCONVERT_DEBUG) or TF_CPP_MIN_LOG_LEVEL=0 asks for it."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        saved = None
-        if not os.environ.get("BNCONVERT_DEBUG") and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
-            try:
-                import sys
-
-                sys.stderr.flush()
-                saved = os.dup(2)
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 2)
-                os.close(devnull)
-            except OSError:
-                saved = None
-        try:
-            yield
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-
-    return cm()
-
-
 def import_onnxruntime():
     """``import onnxruntime`` without its import-time warnings on stderr (a telemetry id it cannot
     persist where bnconvert keeps it from writing into HOME)."""
@@ -207,6 +178,8 @@ def import_onnxruntime():
 
     if sys.modules.get("onnxruntime") is not None:
         return sys.modules["onnxruntime"]
+    from bnconvert.tfproto import quiet_fd2
+
     with quiet_fd2():
         import onnxruntime
     return onnxruntime
