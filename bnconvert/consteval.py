@@ -35,7 +35,9 @@ from . import ops
 # ---------------------------------------------------------------------- helpers
 
 
-def _attr(node, key, default=None):
+def node_attr(node, key, default=None):
+    """A NodeDef attribute as a Python value: strings decoded, lists as lists (ints, strings or
+    floats), ``default`` when absent.  :meth:`bnconvert.graph.Graph.attr` is this."""
     if key not in node.attr:
         return default
     a = node.attr[key]
@@ -43,8 +45,14 @@ def _attr(node, key, default=None):
     if kind == "s":
         return a.s.decode()
     if kind == "list":
-        return list(a.list.i) or list(a.list.f)
+        lst = a.list
+        if lst.i:
+            return list(lst.i)
+        if lst.s:
+            return [x.decode() for x in lst.s]
+        return list(lst.f)
     return getattr(a, kind) if kind else default
+
 
 
 def _np_dtype(enum_value: int):
@@ -95,7 +103,7 @@ def _fill(node, g, dims, value):
 
 
 def _pack(node, g, *vals):
-    return np.stack(vals, axis=int(_attr(node, "axis", 0)))
+    return np.stack(vals, axis=int(node_attr(node, "axis", 0)))
 
 
 def _concat_v2(node, g, *vals):
@@ -109,7 +117,7 @@ def _concat(node, g, axis, *vals):
 def _reduce(fn):
     def wrapped(node, g, x, axes):
         axis = tuple(_ints(axes))
-        out = fn(x, axis=axis, keepdims=bool(_attr(node, "keep_dims", False)))
+        out = fn(x, axis=axis, keepdims=bool(node_attr(node, "keep_dims", False)))
         return np.asarray(out).astype(x.dtype, copy=False)
 
     return wrapped
@@ -122,10 +130,10 @@ def _slice(node, g, x, begin, size):
 
 def _strided_slice(node, g, x, begin, end, strides):
     """Only the plain form (no masks): what constant shape arithmetic uses."""
-    masks = [_attr(node, k, 0) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask")]
+    masks = [node_attr(node, k, 0) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask")]
     if any(masks):
         raise ValueError("masked StridedSlice")
-    shrink = int(_attr(node, "shrink_axis_mask", 0))
+    shrink = int(node_attr(node, "shrink_axis_mask", 0))
     idx = []
     for i, (b, e, s) in enumerate(zip(_ints(begin), _ints(end), _ints(strides))):
         idx.append(b if shrink >> i & 1 else slice(b, e, s))
@@ -137,7 +145,7 @@ def _gather_v2(node, g, params, indices, axis):
 
 
 def _shape(node, g, x):
-    return np.asarray(np.shape(x), dtype=_np_dtype(_attr(node, "out_type", ops.DT.INT32)))
+    return np.asarray(np.shape(x), dtype=_np_dtype(node_attr(node, "out_type", ops.DT.INT32)))
 
 
 def _range(node, g, start, limit, delta):
@@ -163,9 +171,9 @@ def _per_axis(v: np.ndarray, rng, axis: int, ndim: int) -> np.ndarray:
 def _dequantize(node, g, q, min_range, max_range):
     """TensorFlow's Dequantize in float64 (see the module docstring)."""
     t = node.attr["T"].type
-    mode = _attr(node, "mode", "MIN_COMBINED")
-    narrow = bool(_attr(node, "narrow_range", False))
-    axis = int(_attr(node, "axis", -1))
+    mode = node_attr(node, "mode", "MIN_COMBINED")
+    narrow = bool(node_attr(node, "narrow_range", False))
+    axis = int(node_attr(node, "axis", -1))
     q = plain(q).astype(np.float64)
     lo, hi = _int_range(t, False)
     mn = _per_axis(q, min_range, axis, q.ndim)
@@ -185,7 +193,7 @@ def _dequantize(node, g, q, min_range, max_range):
     else:
         raise ValueError(f"Dequantize mode {mode}")
     # the graph holds the op's float32 result: the wide evaluation goes on from that value
-    return out.astype(_np_dtype(_attr(node, "dtype", ops.DT.FLOAT)))
+    return out.astype(_np_dtype(node_attr(node, "dtype", ops.DT.FLOAT)))
 
 
 def _round_away(v):
@@ -219,18 +227,18 @@ def _fake_quant(x, mn, mx, num_bits, narrow):
 
 
 def _fq_args(node, g, x):
-    return _fake_quant(x, _attr(node, "min", -6.0), _attr(node, "max", 6.0),
-                       int(_attr(node, "num_bits", 8)), bool(_attr(node, "narrow_range", False)))
+    return _fake_quant(x, node_attr(node, "min", -6.0), node_attr(node, "max", 6.0),
+                       int(node_attr(node, "num_bits", 8)), bool(node_attr(node, "narrow_range", False)))
 
 
 def _fq_vars(node, g, x, mn, mx):
     return _fake_quant(x, np.asarray(mn).reshape(()), np.asarray(mx).reshape(()),
-                       int(_attr(node, "num_bits", 8)), bool(_attr(node, "narrow_range", False)))
+                       int(node_attr(node, "num_bits", 8)), bool(node_attr(node, "narrow_range", False)))
 
 
 def _fq_per_channel(node, g, x, mn, mx):
     return _fake_quant(x, np.asarray(mn).reshape(-1), np.asarray(mx).reshape(-1),
-                       int(_attr(node, "num_bits", 8)), bool(_attr(node, "narrow_range", False)))
+                       int(node_attr(node, "num_bits", 8)), bool(node_attr(node, "narrow_range", False)))
 
 
 # ---------------------------------------------------------------------- the table
@@ -255,7 +263,7 @@ CONST_OPS = {
     "StridedSlice": _strided_slice,
     "GatherV2": _gather_v2,
     "Shape": _shape,
-    "Size": lambda n, g, x: np.asarray(np.size(x), _np_dtype(_attr(n, "out_type", ops.DT.INT32))),
+    "Size": lambda n, g, x: np.asarray(np.size(x), _np_dtype(node_attr(n, "out_type", ops.DT.INT32))),
     "Rank": lambda n, g, x: np.asarray(np.ndim(x), np.int32),
     "Range": _range,
     "ZerosLike": lambda n, g, x: np.zeros_like(x),

@@ -129,22 +129,9 @@ class Graph:
         return sorted(self._ports.get(node_name, ()))
 
     def attr(self, node, key, default=None):
-        if key not in node.attr:
-            return default
-        a = node.attr[key]
-        kind = a.WhichOneof("value")
-        if kind == "s":
-            return a.s.decode()
-        if kind == "list":
-            lst = a.list
-            if lst.i:
-                return list(lst.i)
-            if lst.s:
-                return [x.decode() for x in lst.s]
-            if lst.f:
-                return list(lst.f)
-            return []
-        return getattr(a, kind) if kind else default
+        from .consteval import node_attr
+
+        return node_attr(node, key, default)
 
     # ------------------------------------------------------------------ constants
     def const(self, tensor: str, wide: bool = False) -> np.ndarray | None:
