@@ -107,6 +107,13 @@ def prestart(tf: bool = True) -> None:
         forkserver.ensure_running()
 
 
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def shutdown() -> None:
     """Stop the forkserver (the CLI calls this on exit; it would also stop by itself)."""
     from multiprocessing import forkserver
@@ -114,10 +121,7 @@ def shutdown() -> None:
     server = forkserver._forkserver  # noqa: SLF001 - no public handle on the server process
     pid = getattr(server, "_forkserver_pid", None)
     if pid:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.waitpid(pid, os.WNOHANG)
+        _kill_and_reap(pid)
         for attr in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
             if attr == "_forkserver_alive_fd" and getattr(server, attr, None) is not None:
                 with contextlib.suppress(OSError):
@@ -128,10 +132,7 @@ def shutdown() -> None:
     tracker = resource_tracker._resource_tracker  # noqa: SLF001 - started with the forkserver
     tpid = getattr(tracker, "_pid", None)
     if tpid:
-        with contextlib.suppress(OSError):
-            os.kill(tpid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.waitpid(tpid, os.WNOHANG)
+        _kill_and_reap(tpid)
         with contextlib.suppress(OSError, TypeError):
             os.close(tracker._fd)  # noqa: SLF001
         tracker._pid = tracker._fd = None  # noqa: SLF001
