@@ -34,6 +34,7 @@ exit by themselves when the bnconvert process that asked for them is gone.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import signal
@@ -286,6 +287,7 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
     proc.join(5)
     if msg is not None and len(msg) > 1 and msg[0] == "ok":
         peaks[stage] = msg[2]
+        _replay_logs(msg[3] if len(msg) > 3 else ())
     if msg is None:
         code = proc.exitcode
         _kill(proc)
@@ -393,6 +395,11 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         os.dup2(2, 1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _limit_data(budget_bytes)
+    # the objects inherited from the forkserver (TensorFlow's modules: millions) are never
+    # garbage: frozen, a collection costs what the stage allocated, not 0.25 s, and does not
+    # write into (and so copy) the pages shared with the forkserver
+    gc.freeze()
+    records = _capture_logs()
     try:
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
@@ -400,9 +407,15 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         result = fn(**args)
         import resource
 
-        msg = ("ok", result, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        msg = ("ok", result, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), records)
     except BNConvertError as e:
         msg = ("err", type(e).__module__, type(e).__name__, e.message, e.exit_code)
+    except ImportError as e:
+        from .errors import missing_dependency
+
+        dep = missing_dependency(e)
+        msg = (("err", type(dep).__module__, type(dep).__name__, dep.message, dep.exit_code) if dep is not None
+               else ("exc", type(e).__name__, " ".join(str(e).split())[:300]))
     except KeyboardInterrupt:
         msg = ("interrupt",)
     except BaseException as e:  # noqa: BLE001 - everything else is an internal error, one line
@@ -417,6 +430,33 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         conn.send(("exc", type(e).__name__, " ".join(str(e).split())[:300]))
     conn.close()
     os._exit(0)  # skip TensorFlow's teardown: nothing is left to flush
+
+
+def _capture_logs() -> list:
+    """bnconvert's own log records in this child, kept to be replayed by the parent
+    (:func:`_replay_logs`): a library caller's logging sees what each stage decided."""
+    import logging
+
+    records: list = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append((record.name, record.levelno, record.getMessage()))
+
+    logger = logging.getLogger("bnconvert")
+    logger.addHandler(_Keep(logging.INFO))
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return records
+
+
+def _replay_logs(records) -> None:
+    import logging
+
+    for name, level, message in records or ():
+        logger = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", message)
 
 
 def _watch_parent(pid: int) -> None:

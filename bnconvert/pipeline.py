@@ -41,10 +41,10 @@ def output_paths(path: str, outdir: str | None, to: tuple[str, ...], mode: str =
     return {k: os.path.join(outdir, v) for k, v in names.items() if k in to or k == "report"}
 
 
-def write_graph_def(graph_def, path: str) -> int:
+def write_graph_def(graph_def, path: str, what: str = "the folded graph") -> int:
     size = graph_def.ByteSize()
     if size > MAX_PROTO_BYTES:
-        raise OutputError(f"{path}: the folded graph is {size} bytes, over protobuf's 2 GiB limit")
+        raise OutputError(f"{path}: {what} is {size} bytes, over protobuf's 2 GiB limit")
     with open(path, "wb") as f:
         f.write(graph_def.SerializeToString())
     return size
@@ -61,13 +61,26 @@ def check_formats(to) -> tuple[str, ...]:
     return to
 
 
+def _require(module: str) -> None:
+    """:class:`MissingDependencyError` (exit 2, how to install) unless ``module`` is installed."""
+    import importlib.util
+
+    from .errors import missing_dependency
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise missing_dependency(ModuleNotFoundError(f"No module named '{module}'", name=module))
+
+
 def convert(path, outdir: str | None, opts: ConvertOptions):
     """Run the whole conversion of the model file ``path`` (or a loaded :class:`Model`, named by
     its ``.path``) into ``outdir``; returns the Report."""
-    from . import api, isolate
+    from . import budget, isolate
 
-    from . import budget
-
+    _require("tensorflow")  # loading and folding run in a child, which needs it: say so here, first
     model = path if isinstance(path, Model) else None
     path = model.path if model is not None else path
     exp, ver, ana = opts.export, opts.verify, opts.analysis
@@ -91,26 +104,9 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
     try:
         outdir = _check_outdir(paths, path, opts.force)
         lock = OutputLock(outdir)
-        if ver.verify or set(exp.to) - {"pb"}:
-            # the forkserver imports TF/tf2onnx while we load and fold: on 2 cores the two imports
-            # overlap (measured: +4 s wall on a small model when it started after the load)
-            isolate.prestart(tf=True)
-        with naming(path):
-            t0 = time.perf_counter()
-            model = model or api.load(path, outputs=ana.outputs, allow_unsafe=opts.allow_unsafe)
-            load_s = time.perf_counter() - t0
-            folded = api.fold(model, inputs=ana.inputs, outputs=ana.outputs, set_flags=ana.set_flags,
-                              mode=opts.fold.mode, only=opts.fold.only)
-            if not opts.allow_unsafe and (ver.verify or set(exp.to) - {"pb"}):
-                # verification runs the original graph; TF's converters run grappler on the folded one
-                from .safety import check_safe
-
-                check_safe(model.graph_def if ver.verify else folded.graph_def, what=path)
     except BaseException:
         _release(lock, created)
         raise
-    report = folded.report
-    report.timings = {"load": load_s, **report.timings}
     tmp = None
     state = {"installed": False}
     try:
@@ -120,14 +116,16 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
             raise OutputError(f"{outdir}: cannot write into the output folder ({e.strerror})") from None
         with naming(path), _unstaged(tmp, paths), isolate.limits(timeout=opts.timeout, scratch=tmp):
             isolate.peaks.clear()
-            staged = _export_all(folded, exp, tmp, paths, report)
+            prep = _prepare(model if model is not None else path, tmp, paths, opts)
+            report = prep.report
+            staged = _export_all(prep, exp, tmp, paths, report)
             if opts.quantize.quantize:
                 from .quantize import quantize_and_verify
 
-                quantize_and_verify(folded, opts, staged, tmp, paths, report)
+                quantize_and_verify(prep, opts, staged, tmp, paths, report)
             if ver.verify:
                 with progress.stage("verify"):
-                    verify_conversion(folded, staged, report, ver, allow_unsafe=opts.allow_unsafe)
+                    verify_conversion(prep, staged, report, ver, allow_unsafe=opts.allow_unsafe)
             staged.pop("_graph", None)
         report.memory = _memory(isolate.peaks)
         report.files = {k: v for k, v in paths.items() if k in staged}
@@ -319,8 +317,37 @@ def _install(staged: dict[str, str], paths: dict[str, str], force: bool, state: 
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
-    """Write the .pb here, convert to ONNX and TFLite in child processes (from the staged .pb).
+def _prepare(source, tmp: str, paths: dict[str, str], opts: ConvertOptions):
+    """Load and fold in a child process (:mod:`bnconvert.prepare`); the staged files and facts.
+
+    ``source``: the model's path, or a :class:`Model` the library caller loaded (written into
+    the staging folder first, and named in the report as the caller's model).
+    """
+    from . import isolate
+    from .prepare import FOLDED_INPUT, SOURCE
+
+    meta = None
+    if isinstance(source, Model):
+        meta = {"path": source.path, "format": source.format, "sha256": source.sha256,
+                "repairs": dict(source.repairs or {})}
+        staged_source = os.path.join(tmp, SOURCE)
+        write_graph_def(source.graph_def, staged_source, what="the model")
+        source = staged_source
+    graph_name = os.path.basename(paths["pb"]) if "pb" in opts.export.to else FOLDED_INPUT
+    with progress.stage("load and fold", final_line=False):
+        prep = isolate.run_stage("loading and folding", "bnconvert.prepare:prepare",
+                                 dict(source=os.fspath(source), tmp=tmp, graph_name=graph_name, opts=opts,
+                                      source_meta=meta))
+    t = prep.report.timings
+    progress.done("load", t.get("load", 0.0))
+    progress.done("fold", t.get("inference_mode", 0.0) + t.get("match_fold", 0.0), len(prep.report.layers), "BN")
+    if "pb" in opts.export.to:
+        progress.done("export pb", t.get("write_pb", 0.0))
+    return prep
+
+
+def _export_all(prep, exp, tmp, paths, report) -> dict[str, str]:
+    """Convert the staged folded graph to ONNX and TFLite, each in a child process.
 
     When ``exp.to`` was not given explicitly, a converter that cannot handle the graph
     (:class:`UnsupportedError`) skips its format: ``report.skipped[fmt]`` says why, a warning
@@ -328,19 +355,12 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
     requested format that fails stops the run (exit 2).
     """
     from . import isolate
-    from .verify.inputs import resolve_shapes
 
     staged: dict[str, str] = {}
     r = report
-    # every format (the .pb's verification included) uses the same concrete input shapes
-    r.input_shapes = resolve_shapes(folded.graph_def, r.inputs, exp.input_shapes, batch=exp.batch)
-    t = time.perf_counter()
-    graph_path = os.path.join(tmp, os.path.basename(paths["pb"]) if "pb" in exp.to else "folded-input.pb")
-    with progress.stage("export pb" if "pb" in exp.to else "stage the folded graph"):
-        write_graph_def(folded.graph_def, graph_path)
+    graph_path = prep.folded_path
     if "pb" in exp.to:
         staged["pb"] = graph_path
-        r.timings["write_pb"] = time.perf_counter() - t
     else:
         staged["_graph"] = graph_path
     stages = {
@@ -380,10 +400,10 @@ def _export_all(folded, exp, tmp, paths, report) -> dict[str, str]:
 
 
 def _memory(child_peaks: dict) -> dict:
-    """Peak resident MiB: this process (load and fold) and each child stage, largest first."""
+    """Peak resident MiB: this process and each child stage (loading and folding included), largest first."""
     import resource
 
-    own = {"main process (load, fold)": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    own = {"main process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     return {**own, **dict(sorted(child_peaks.items(), key=lambda kv: -kv[1]))}
 
 

@@ -193,8 +193,12 @@ def session(enabled: bool = True):
 
 
 @contextlib.contextmanager
-def stage(name: str):
-    """A stage of the run: its elapsed time is shown at the end (and logged at INFO)."""
+def stage(name: str, final_line: bool = True):
+    """A stage of the run: its elapsed time is shown at the end (and logged at INFO).
+
+    ``final_line`` False: drawn while it runs, but its sub-stages ran in a child process and
+    are reported with :func:`done` instead of one line for the whole.
+    """
     rep = _current
     s = rep.push(name) if rep is not None else None
     t0 = time.perf_counter()
@@ -205,7 +209,18 @@ def stage(name: str):
     finally:
         log.info("%s: %.2f s%s", name, time.perf_counter() - t0, "" if ok else " (failed)")
         if rep is not None:
-            rep.pop(s, ok)
+            rep.pop(s, ok and final_line)
+
+
+def done(name: str, seconds: float, count: int | None = None, unit: str = "") -> None:
+    """The line of a finished stage that ran in a child process (measured there)."""
+    rep = _current
+    if rep is None:
+        return
+    what = f" {count} {unit}".rstrip() if count else ""
+    with rep.lock:
+        rep._clear()
+        rep._write(f"bnconvert: {name}{what} {seconds:.1f} s\n")
 
 
 def total(n: int, unit: str = "") -> None:

@@ -157,7 +157,8 @@ def test_every_error_is_a_bnconvert_error_with_its_exit_code(monkeypatch, tmp_pa
     def boom(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(pipeline, "write_graph_def", boom)
+    # loading and folding run in a child process (bnconvert.prepare); the export step runs here
+    monkeypatch.setattr(pipeline, "_export_all", boom)
     with pytest.raises(InternalError, match="internal error: ZeroDivisionError: a bug") as info:
         bnconvert.convert(MLP, str(tmp_path), to="pb", verify=False)
     assert isinstance(info.value, BNConvertError) and isinstance(info.value.__cause__, ZeroDivisionError)
@@ -169,20 +170,20 @@ def test_tensorflow_logging_quiet_during_a_call_and_restored(caplog, capfd):
     tf_logger.setLevel(logging.DEBUG)
     seen = {}
 
-    from bnconvert import api
+    from bnconvert import pipeline
 
-    real = api._as_model
+    real = pipeline._export_all  # runs in this process, between the child stages
 
     def spy(*a, **k):
         seen["level"] = tf_logger.level
         return real(*a, **k)
 
     try:
-        api._as_model = spy
+        pipeline._export_all = spy
         with caplog.at_level(logging.INFO, logger="bnconvert"):
             bnconvert.convert_bytes(MLP, to="tflite", verify=False)
     finally:
-        api._as_model = real
+        pipeline._export_all = real
     assert seen["level"] >= logging.ERROR  # silenced while running
     assert tf_logger.level == logging.DEBUG  # restored afterwards
     tf_logger.setLevel(logging.NOTSET)

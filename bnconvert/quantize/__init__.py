@@ -42,17 +42,19 @@ def int8_paths(paths: dict[str, str], to) -> dict[str, str]:
     return {k: base + KINDS[k] for k in wanted}
 
 
-def quantize_stage(folded, qopts, staged: dict, tmp: str, paths: dict, report, seed: int = 0):
+def quantize_stage(prep, qopts, staged: dict, tmp: str, paths: dict, report, seed: int = 0):
     """Write the int8 files into ``tmp`` (keys ``int8_tflite``/``int8_onnx`` added to ``staged``).
 
+    ``prep``: the run's :class:`~bnconvert.prepare.Prepared` (the folded graph is its file).
     Returns the :class:`~.calibration.CalibrationSet` (its held-out part verifies the files).
     """
-    from ..tfproto import np_dtype
-    from ..graph import Graph
+    from .. import isolate
     from .calibration import load_calibration
 
-    g = Graph(folded.graph_def)
-    dtypes = {t: np_dtype(g.node(t).attr["dtype"].type) for t in report.inputs}
+    dtypes = dict(prep.input_dtypes)
+    bad = next((v for v in dtypes.values() if isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(bad)
     t0 = time.perf_counter()
     calset = load_calibration(qopts.calibration or "", report.inputs, report.input_shapes, dtypes,
                               samples=qopts.calibration_samples, seed=seed)
@@ -63,13 +65,13 @@ def quantize_stage(folded, qopts, staged: dict, tmp: str, paths: dict, report, s
     report.timings["quantize_calibration_data"] = time.perf_counter() - t0
     batch = int(report.input_shapes[report.inputs[0]][0] or 1)
     if "int8_tflite" in paths:
-        from .tflite_int8 import export_tflite_int8
-
         t = time.perf_counter()
         staged["int8_tflite"] = os.path.join(tmp, os.path.basename(paths["int8_tflite"]))
-        q["exports"]["int8_tflite"] = export_tflite_int8(folded.graph_def, report.inputs, report.outputs,
-                                                         staged["int8_tflite"], report.input_shapes, calset.calib,
-                                                         int8_io=bool(qopts.int8_io))
+        q["exports"]["int8_tflite"] = isolate.run_stage(
+            "the int8 TFLite export (TFLite converter)", "bnconvert.quantize.tflite_int8:export_tflite_int8",
+            dict(graph_def=isolate.GraphFile(prep.folded_path), inputs=report.inputs, outputs=report.outputs,
+                 path=staged["int8_tflite"], input_shapes=report.input_shapes, calib=calset.calib,
+                 int8_io=bool(qopts.int8_io)))
         report.timings["quantize_tflite"] = time.perf_counter() - t
     if "int8_onnx" in paths:
         from .onnx_int8 import quantize_onnx
@@ -98,12 +100,12 @@ def prepare(qopts, paths: dict, to) -> dict[str, str]:
     return int8_paths(paths, to)
 
 
-def quantize_and_verify(folded, opts, staged: dict, tmp: str, paths: dict, report) -> None:
+def quantize_and_verify(prep, opts, staged: dict, tmp: str, paths: dict, report) -> None:
     """The pipeline's int8 step: write the int8 files, then (unless ``--no-verify``) verify them."""
     from ..verify.quant import thresholds, verify_int8
 
     q, ver = opts.quantize, opts.verify
-    calset = quantize_stage(folded, q, staged, tmp, paths, report, seed=ver.seed)
+    calset = quantize_stage(prep, q, staged, tmp, paths, report, seed=ver.seed)
     th = thresholds(q.int8_min_top1, q.int8_min_cosine, q.int8_min_sqnr)
     report.quantization["thresholds"] = th
     if ver.data:  # the user's own inputs judge the int8 files (labels unknown)
@@ -112,5 +114,5 @@ def quantize_and_verify(folded, opts, staged: dict, tmp: str, paths: dict, repor
         held_out_from(calset, ver.data, report.inputs, report.input_shapes)
         report.quantization["calibration"] = calset.describe()
     if ver.verify:
-        report.quantization["verification"] = verify_int8(folded, staged, report, calset, th,
+        report.quantization["verification"] = verify_int8(prep, staged, report, calset, th,
                                                           providers=ver.providers, allow_unsafe=opts.allow_unsafe)

@@ -69,28 +69,40 @@ def make_feeds(graph_def, inputs, shapes, data, seed):
     return random_inputs(shapes, dtypes, seed=seed)
 
 
-def make_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = None):
+def make_samples(declared_batch: dict, dtypes: dict, inputs, shapes, vopts, fixed_batch: int | None = None):
     """``(runs, info)``: the verification inputs as a list of feed dicts and their description.
 
     ``--data`` gives one run of the user's arrays; otherwise :func:`inputs.sample_runs` draws
     ``vopts.samples`` seeded samples.  The batch is free when every input's declared dim 0 is
-    unknown and no exported model fixes it (``fixed_batch``, e.g. an ONNX with a static batch).
+    unknown (``declared_batch``: -1; None for an unknown rank or a scalar) and no exported model
+    fixes it (``fixed_batch``, e.g. an ONNX with a static batch).  ``dtypes``: numpy dtypes.
     """
-    from .inputs import load_npz_inputs, placeholder_dtypes, sample_runs
+    from .inputs import load_npz_inputs, sample_runs
 
     if vopts.data:
         feeds = load_npz_inputs(vopts.data, inputs)
         first = np.asarray(next(iter(feeds.values()))) if feeds else np.zeros(())
         return [feeds], {"source": os.fspath(vopts.data), "samples": int(first.shape[0]) if first.ndim else 1,
                          "runs": 1}
+    bad = next((dtypes[t] for t in inputs if isinstance(dtypes.get(t), str)), None)
+    if bad is not None:
+        raise InputError(bad)
+    declared = {t: declared_batch.get(t) for t in inputs}
+    free = fixed_batch is None and all(d is not None and d < 0 for d in declared.values())
+    shapes = {t: ([fixed_batch] + list(s[1:]) if fixed_batch and len(s) else list(s)) for t, s in shapes.items()}
+    return sample_runs(shapes, {t: dtypes[t] for t in inputs}, free, vopts.samples, vopts.seed)
+
+
+def graph_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = None):
+    """:func:`make_samples` for a GraphDef held in memory (``verify``: model vs converted file)."""
+    from .inputs import placeholder_dtypes
+
     declared = {}
     for t in inputs:
         node = next((n for n in graph_def.node if n.name == node_of(t)), None)
         shp = node.attr["shape"].shape if node is not None and "shape" in node.attr else None
         declared[t] = None if shp is None or shp.unknown_rank or not shp.dim else shp.dim[0].size
-    free = fixed_batch is None and all(d is not None and d < 0 for d in declared.values())
-    shapes = {t: ([fixed_batch] + list(s[1:]) if fixed_batch and len(s) else list(s)) for t, s in shapes.items()}
-    return sample_runs(shapes, placeholder_dtypes(graph_def, inputs), free, vopts.samples, vopts.seed)
+    return make_samples(declared, placeholder_dtypes(graph_def, inputs), inputs, shapes, vopts, fixed_batch)
 
 
 def run_many(fn, runs: list[dict]) -> dict:
@@ -117,14 +129,18 @@ def check_providers(providers) -> None:
 
 
 def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False,
-                  more: list[str] = ()):
+                  more: list[str] = (), names=None):
     """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
     tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
+    ``graph_def``: a GraphDef or a binary GraphDef file (then ``names``: its node names).
     If the probe tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the
-    outputs alone."""
-    from .runners import run_tf
+    outputs alone.  Returns ``(outputs, layer tensors, rows)``: the layer tensors hold the first
+    ``rows`` rows of each run (None: all; :data:`bnconvert.verify.runners.LAYER_BYTES`), and
+    every runtime compared with them is cut the same way."""
+    from .inputs import concat_runs
+    from .runners import run_tf_many
 
-    names = {n.name for n in graph_def.node}
+    names = set(names) if names is not None else {n.name for n in graph_def.node}
     first = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
              if t not in outputs and node_of(t) in names]
     first = list(dict.fromkeys(first))
@@ -133,8 +149,10 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
     for i, extra in enumerate(attempts):
         fetch = list(outputs) + extra
         try:
-            got = run_many(lambda f: run_tf(graph_def, f, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what,
-                                            stage="TensorFlow (original graph)"), runs)
+            results, rows = run_tf_many(graph_def, runs, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what,
+                                        stage="TensorFlow (original graph)", n_outputs=len(outputs))
+            got = concat_runs(results)
+            del results
             break
         except BNConvertError as e:
             from ..isolate import StageCrashed, StageTimeout
@@ -144,7 +162,7 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
             notes.append(f"some layers not compared: the original graph cannot compute them ({e})")
     if not extra:
         probes.clear()
-    return {o: got[o] for o in outputs}, {t: got[t] for t in extra}
+    return {o: got[o] for o in outputs}, {t: got[t] for t in extra}, rows
 
 
 def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tuple[list, list[str]]:
@@ -178,57 +196,60 @@ def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tu
     return rows, skipped
 
 
-def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None):
-    """ONNX Runtime on a copy of ``path`` that also outputs the probe tensors it has."""
-    from .expose import expose_onnx
-    from .runners import onnx_session, run_onnx
+def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None, layer_rows=None):
+    """ONNX Runtime on a copy of ``path`` that also outputs the probe tensors it has (child)."""
+    from .inputs import concat_runs
+    from .runners import run_onnx_probes
 
-    data, found = expose_onnx(path, [t for p in probes for t in (p.candidate, p.original)])
-    sess = onnx_session(data, provider)
-    fetch = list(outputs) + [t for t in found if t not in outputs]
-    got = run_many(lambda f: run_onnx(None, {**f, **(extra_feeds or {})}, fetch, session=sess), runs)
+    results, found = run_onnx_probes(path, runs, outputs, [t for p in probes for t in (p.candidate, p.original)],
+                                     provider, layer_rows=layer_rows, extra_feeds=extra_feeds)
     have = set(found)
-    return got, lambda p: p.candidate if p.candidate in have else (p.original if p.original in have else None)
+    return concat_runs(results), lambda p: p.candidate if p.candidate in have else (p.original if p.original in have else None)
 
 
-def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
+def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
     """Compare every staged file with the original graph; results go into ``report.verification``
-    (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``."""
-    from .inputs import resolve_shapes
-    from .layers import fold_changed, layer_probes
-    from .runners import onnx_runtime_label, run_tf
+    (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``.
+
+    ``prep``: the :class:`~bnconvert.prepare.Prepared` of the run — the graphs are files there
+    (each runtime's child reads its own), this process holds none of them."""
+    from .inputs import concat_runs
+    from .runners import LAYER_BYTES, onnx_runtime_label, run_tf_many
 
     check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
-    shapes = report.input_shapes or resolve_shapes(folded.graph_def, report.inputs, None, batch=1)
-    report.input_shapes = shapes
+    shapes = report.input_shapes
     fixed = onnx_static_batch(staged["onnx"], report.inputs) if "onnx" in staged else None
-    runs, info = make_samples(folded.model.graph_def, report.inputs, shapes, vopts, fixed)
+    runs, info = make_samples(prep.declared_batch, prep.input_dtypes, report.inputs, shapes, vopts, fixed)
     report.verification_inputs = info
-    probes, skipped = layer_probes(folded.model.graph_def, folded.graph_def, report.layers, report.outputs)
-    orig_names = {n.name: n.op for n in folded.model.graph_def.node}
-    tfl = TFLiteLayers(staged["tflite"], orig_names, report.outputs,
-                       fold_changed(folded.model.graph_def, report.layers)) if "tflite" in staged else None
+    probes, skipped = list(prep.probes), list(prep.probes_skipped)
+    tfl = TFLiteLayers(staged["tflite"], prep.original_ops, report.outputs,
+                       prep.fold_changed) if "tflite" in staged else None
     t = time.perf_counter()
-    ref, lref = reference_run(folded.model.graph_def, runs, report.outputs, probes, report.training_flags,
-                              allow_unsafe, folded.model.path, report.notes, more=tfl.references if tfl else ())
+    ref, lref, rows = reference_run(prep.original_path, runs, report.outputs, probes, report.training_flags,
+                              allow_unsafe, prep.source_path, report.notes, more=tfl.references if tfl else (),
+                              names=prep.original_ops)
     report.timings["verify_tf_original"] = time.perf_counter() - t
+    if rows is not None:
+        info["layer_rows"] = rows
+        report.notes.append(f"layer tensors compared on the first {rows} row(s) of each run (all of them "
+                            f"would exceed {LAYER_BYTES >> 20} MiB); the outputs on every sample")
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
     outs = report.outputs
     entries = []
     if "pb" in staged:
         def tf_folded():
             fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
-            got = run_many(lambda f: run_tf(folded.graph_def, f, fetch, allow_unsafe=allow_unsafe,
-                                            stage="TensorFlow (folded graph)"), runs)
-            return got, lambda p: p.candidate
+            results, _ = run_tf_many(prep.folded_path, runs, fetch, allow_unsafe=allow_unsafe,
+                                     stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows)
+            return concat_runs(results), lambda p: p.candidate
         entries.append(("tf:folded", staged["pb"], tf_folded))
     if "onnx" in staged:
         for prov in vopts.providers:
             entries.append((onnx_runtime_label(prov), staged["onnx"],
-                            lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov)))
+                            lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov, layer_rows=rows)))
     if "tflite" in staged:
-        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs)))
+        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs, layer_rows=rows)))
     report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings))
     if vopts.save_io:
         save_io(vopts.save_io, runs, ref)
@@ -237,8 +258,8 @@ def verify_conversion(folded, staged: dict[str, str], report, vopts, allow_unsaf
 
         t = time.perf_counter()
         refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
-        report.verification_power = measure_power(folded.graph_def, report.layers, runs, outs, ref, tol,
-                                                  info.get("samples"), allow_unsafe, refs)
+        report.verification_power = measure_power(prep.folded_path, prep.power_targets, runs, outs, ref, tol,
+                                                  info.get("samples"), allow_unsafe, refs, layer_rows=rows)
         report.timings["verify_power"] = time.perf_counter() - t
 
 
@@ -309,15 +330,12 @@ class TFLiteLayers:
     def references(self) -> list[str]:
         return list(dict.fromkeys(t for _, parts in self.tensors for t in parts))
 
-    def run(self, path, runs, outs, extra=None):
-        from .runners import run_tflite
+    def run(self, path, runs, outs, extra=None, layer_rows=None):
+        from .inputs import concat_runs
+        from .runners import run_tflite_layers
 
-        def one(f):
-            inter: dict = {}
-            got = run_tflite(path, {**f, **(extra or {})}, outs, intermediates=inter)
-            got.update({self.PREFIX + k: v for k, v in inter.items()})
-            return got
-        return run_many(one, runs), self
+        results = run_tflite_layers(path, [{**f, **(extra or {})} for f in runs], outs, layer_rows, self.PREFIX)
+        return concat_runs(results), self
 
     def rows(self, lref: dict, got: dict) -> tuple[list, list[str]]:
         from .compare import reference_constant
@@ -469,8 +487,9 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     The description of the inputs is in the returned dict's ``"inputs"`` entry of each runtime.
     """
     from ..load import load
+    from .inputs import concat_runs
     from .layers import fold_changed, layer_probes
-    from .runners import onnx_runtime_label, run_tf
+    from .runners import onnx_runtime_label, run_tf, run_tf_many
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
@@ -485,21 +504,21 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
             extra, fed_note = flag_feeds(converted, ins, flags)
         fixed = onnx_static_batch(converted, ins) if kind == "onnx" else None
     with naming(model.path):
-        runs, info = make_samples(model.graph_def, ins, shapes, vopts, fixed)
+        runs, info = graph_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
         notes: list[str] = []
         tfl = TFLiteLayers(converted, {n.name: n.op for n in model.graph_def.node}, outs,
                            fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
-        ref, lref = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
-                                  also_candidates=True, more=tfl.references if tfl else ())
+        ref, lref, rows = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
+                                        also_candidates=True, more=tfl.references if tfl else ())
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     entries = []
     if kind == "onnx":
         for prov in vopts.providers:
             entries.append((onnx_runtime_label(prov), converted,
-                            lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra)))
+                            lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra, rows)))
     elif kind == "tflite":
-        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra)))
+        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra, rows)))
     else:
         conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
@@ -510,8 +529,9 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
                                   if node_of(t) in conv_nodes and t not in outs]
             fetch = list(dict.fromkeys(fetch))
             try:
-                got = run_many(lambda f: run_tf(conv.graph_def, f, fetch, flags=present, allow_unsafe=allow_unsafe,
-                                                what=converted), runs)
+                results, _ = run_tf_many(conv.graph_def, runs, fetch, flags=present, allow_unsafe=allow_unsafe,
+                                         what=converted, n_outputs=len(outs), layer_rows=rows)
+                got = concat_runs(results)
             except BNConvertError:
                 got = run_many(lambda f: run_tf(conv.graph_def, f, outs, flags=present, allow_unsafe=allow_unsafe,
                                                 what=converted), runs)

@@ -29,7 +29,10 @@ def _channel0(op: str, w: np.ndarray, transpose_b: bool) -> tuple:
     return (Ellipsis, 0)  # Conv2D HWIO, Conv3D DHWIO
 
 
-def _targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
+def targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
+    """The weights the check perturbs: ``(position, weight tensor, facts)`` for the first and the
+    last folded layer, ``facts["w"]`` being the folded weight array (computed where the graph is
+    loaded, :mod:`bnconvert.prepare`)."""
     g = Graph(folded_gd, copy_nodes=False)
     folded = [ly for ly in layers if ly.get("action") == "fold" and ly.get("producer") in g]
     if not folded:
@@ -49,26 +52,46 @@ def _targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
     return out
 
 
-def measure_power(folded_gd, layers: list[dict], runs: list[dict], outputs: list[str], reference: dict,
+def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
                   tol: dict, samples: int | None, allow_unsafe: bool = False,
-                  layer_refs: list[tuple[str, str, object]] = ()) -> dict:
+                  layer_refs: list[tuple[str, str, object]] = (), layer_rows: int | None = None) -> dict:
     """``{"perturbation", "layers": [{layer, position, tried: {e: caught}, outputs_tried,
     caught_1pct, smallest_caught, outputs_smallest_caught}], "caught_1pct"}``; ``{}`` when no
-    layer was folded.  ``layer_refs``: ``(layer name, tensor in the folded graph, reference)``."""
+    layer was folded.  ``folded``: the folded GraphDef or its binary file; ``weight_targets``:
+    :func:`targets` of it.  ``layer_refs``: ``(layer name, tensor in the folded graph, reference)``,
+    the references holding the first ``layer_rows`` rows of each run.
+
+    Every perturbed run (each target at each of :data:`LEVELS`, on every run of inputs) goes
+    through one TensorFlow session in one child process; the verdicts are then read in the
+    order described in the module docstring (1%, then 0.1% or 10%).
+    """
     from .compare import compare
     from .inputs import concat_runs
-    from .runners import run_tf
+    from .runners import run_tf_many
 
-    result = []
-    for pos, wt, t in _targets(folded_gd, layers):
-        tried: dict[str, bool] = {}
-        out_tried: dict[str, bool] = {}
-        fetch = list(outputs) + [tn for _, tn, _ in layer_refs if tn not in outputs]
-
-        def caught(e: float) -> bool:
+    if not weight_targets:
+        return {}
+    fetch = list(outputs) + list(dict.fromkeys(tn for _, tn, _ in layer_refs if tn not in outputs))
+    feeds, keys = [], []
+    for i, (pos, wt, t) in enumerate(weight_targets):
+        for e in LEVELS:
             w = t["w"].copy()
             w[t["idx"]] = w[t["idx"]] * (1 + e)
-            got = concat_runs([run_tf(folded_gd, {**f, wt: w}, fetch, allow_unsafe=allow_unsafe) for f in runs])
+            for f in runs:
+                feeds.append({**f, wt: w})
+                keys.append((i, e))
+    results, _ = run_tf_many(folded, feeds, fetch, allow_unsafe=allow_unsafe, stage="TensorFlow (power check)",
+                             n_outputs=len(outputs), layer_rows=layer_rows)
+    by_key: dict = {}
+    for k, r in zip(keys, results):
+        by_key.setdefault(k, []).append(r)
+    result = []
+    for i, (pos, wt, t) in enumerate(weight_targets):
+        tried: dict[str, bool] = {}
+        out_tried: dict[str, bool] = {}
+
+        def caught(e: float) -> bool:
+            got = concat_runs(by_key[(i, e)])
             rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
             c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
             out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
@@ -85,8 +108,6 @@ def measure_power(folded_gd, layers: list[dict], runs: list[dict], outputs: list
                        "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
                        "smallest_caught": min(hits) if hits else None,
                        "outputs_smallest_caught": min(out_hits) if out_hits else None})
-    if not result:
-        return {}
     return {"perturbation": "output channel 0 of the folded weights x(1+e)",
             "layers": result, "caught_1pct": all(r["caught_1pct"] for r in result)}
 

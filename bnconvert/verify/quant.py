@@ -181,18 +181,17 @@ def held_out_feeds(calset, fixed_batch: int | None) -> tuple[dict, np.ndarray | 
     return feeds, labels
 
 
-def verify_int8(folded, staged: dict, report, calset, th: dict, providers=("cpu",), allow_unsafe=False) -> dict:
-    """Run the original (TF) and each staged int8 file on the held-out inputs; one entry per runtime."""
-    from .inputs import placeholder_shapes
+def verify_int8(prep, staged: dict, report, calset, th: dict, providers=("cpu",), allow_unsafe=False) -> dict:
+    """Run the original (TF) and each staged int8 file on the held-out inputs; one entry per runtime.
+    ``prep``: the run's :class:`~bnconvert.prepare.Prepared` (the original graph is its file)."""
     from .runners import onnx_runtime_label, run_onnx, run_tf
 
-    declared = placeholder_shapes(folded.model.graph_def, report.inputs)
-    fixed = next((s[0] for s in declared.values() if s and s[0] is not None), None)
+    fixed = next((s[0] for s in prep.declared_shapes.values() if s and s[0] is not None), None)
     feeds, labels = held_out_feeds(calset, fixed)
     outs = report.outputs
     t = time.perf_counter()
-    ref = run_in_batches(lambda f: run_tf(folded.model.graph_def, f, outs, flags=report.training_flags,
-                                          allow_unsafe=allow_unsafe, what=folded.model.path), feeds, fixed or 500, outs)
+    ref = run_in_batches(lambda f: run_tf(prep.original_path, f, outs, flags=report.training_flags,
+                                          allow_unsafe=allow_unsafe, what=prep.source_path), feeds, fixed or 500, outs)
     report.timings["verify_int8_tf_original"] = time.perf_counter() - t
     runs = []
     if "int8_onnx" in staged:

@@ -13,6 +13,7 @@ TensorFlow is imported only inside ``run_tf`` / ``run_tflite``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -99,13 +100,78 @@ def run_tf(graph, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[
                                       allow_unsafe=allow_unsafe, what=what))
 
 
-def run_tf_here(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
-                allow_unsafe: bool = False, what: str = "") -> dict[str, np.ndarray]:
-    """Run ``graph_def`` on CPU, feeding ``feeds`` plus the training ``flags`` (name → bool).
+#: layer tensors (whatever is fetched besides the outputs) a runtime sends back for all runs
+#: together, at most about this many bytes: beyond it they are kept for the first rows of each
+#: run only (:func:`trim_rows`).  A ResNet-50 at 224x224 has ~300 MB of layer tensors per
+#: sample: all of them, for 8 samples and four runtimes, took the parent to 2.3 GB.
+LAYER_BYTES = 64 << 20
 
-    The graph is imported with ``name=""`` so tensor names are the GraphDef's own. Unsafe ops
-    (see :mod:`bnconvert.safety`) raise :class:`UnsafeGraphError` unless ``allow_unsafe``.
-    """
+
+def layer_rows_for(results: list[dict], outputs, budget: int = LAYER_BYTES) -> int | None:
+    """How many rows of each run's layer tensors fit ``budget``; None when all of them do."""
+    outs = set(outputs)
+    rows = per_row = 0
+    for got in results:
+        for k, v in got.items():
+            if k not in outs and np.ndim(v) >= 1 and np.shape(v)[0] > 0:
+                rows = max(rows, np.shape(v)[0])
+                per_row += np.asarray(v).nbytes // np.shape(v)[0]
+    if not per_row or per_row * rows <= budget:
+        return None
+    return max(1, budget // per_row)
+
+
+def trim_rows(got: dict, outputs, rows: int | None) -> dict:
+    """``got`` with every tensor that is not an output cut to its first ``rows`` rows (dim 0).
+
+    Every runtime cuts its layer tensors to the same ``rows`` of each run (the reference's
+    choice), so the rows compared are the same samples everywhere."""
+    if rows is None:
+        return got
+    outs = set(outputs)
+    return {k: (v if k in outs or np.ndim(v) == 0 or np.shape(v)[0] <= rows else np.array(v[:rows]))
+            for k, v in got.items()}
+
+
+def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
+                allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow",
+                n_outputs: int | None = None, layer_rows: int | None | str = "auto") -> tuple[list[dict], int | None]:
+    """Every feed dict of ``runs`` through one TensorFlow session, in one child process.
+
+    ``outputs[:n_outputs]`` are the model's outputs (kept whole); the rest are layer tensors,
+    cut to ``layer_rows`` rows per run ("auto": as many as :data:`LAYER_BYTES` allows, chosen on
+    the first run).  Returns the per-run results and the rows used (None: all)."""
+    from bnconvert import isolate
+
+    if hasattr(graph, "node"):
+        check_safe(graph, allow_unsafe=allow_unsafe, what=what)
+    elif hasattr(graph, "graph_def"):
+        check_safe(graph.graph_def, allow_unsafe=allow_unsafe, what=what)
+    with isolate.graph_file(graph) as src:
+        return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_many_here",
+                                 dict(graph_def=src, runs=runs, outputs=list(outputs), flags=flags,
+                                      allow_unsafe=allow_unsafe, what=what, n_outputs=n_outputs,
+                                      layer_rows=layer_rows))
+
+
+def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
+                     allow_unsafe: bool = False, what: str = "", n_outputs: int | None = None,
+                     layer_rows: int | None | str = "auto") -> tuple[list[dict], int | None]:
+    """:func:`run_tf_many` in this process."""
+    outs = outputs[:n_outputs] if n_outputs is not None else outputs
+    results = []
+    with _tf_session(graph_def, allow_unsafe, what) as run:
+        for feeds in runs:
+            got = run(feeds, outputs, flags)
+            if layer_rows == "auto":
+                layer_rows = layer_rows_for([got], outs, LAYER_BYTES // max(1, len(runs)))
+            results.append(trim_rows(got, outs, layer_rows))
+    return results, (None if layer_rows == "auto" else layer_rows)
+
+
+@contextlib.contextmanager
+def _tf_session(graph_def, allow_unsafe: bool, what: str):
+    """``run(feeds, outputs, flags) -> {name: array}`` on one session of ``graph_def`` (CPU)."""
     check_safe(graph_def, allow_unsafe=allow_unsafe, what=what)
     from bnconvert.tfproto import tf as _tf
 
@@ -123,17 +189,31 @@ def run_tf_here(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], fla
         except (KeyError, ValueError):
             raise InputError(f"tensor '{name}' is not in the graph") from None
 
-    feed_dict = {tensor(k): np.asarray(v) for k, v in feeds.items()}
-    for k, v in (flags or {}).items():
-        feed_dict[tensor(k)] = np.asarray(bool(v))
-    fetches = [tensor(o) for o in outputs]
     config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
     with tf.compat.v1.Session(graph=graph, config=config) as sess:
-        try:
-            values = sess.run(fetches, feed_dict)
-        except (tf.errors.OpError, ValueError) as e:
-            _raise_run_error(tf, e)
-    return {o: np.asarray(v) for o, v in zip(outputs, values)}
+        def run(feeds, outputs, flags=None):
+            feed_dict = {tensor(k): np.asarray(v) for k, v in feeds.items()}
+            for k, v in (flags or {}).items():
+                feed_dict[tensor(k)] = np.asarray(bool(v))
+            fetches = [tensor(o) for o in outputs]
+            try:
+                values = sess.run(fetches, feed_dict)
+            except (tf.errors.OpError, ValueError) as e:
+                _raise_run_error(tf, e)
+            return {o: np.asarray(v) for o, v in zip(outputs, values)}
+
+        yield run
+
+
+def run_tf_here(graph_def, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
+                allow_unsafe: bool = False, what: str = "") -> dict[str, np.ndarray]:
+    """Run ``graph_def`` on CPU, feeding ``feeds`` plus the training ``flags`` (name → bool).
+
+    The graph is imported with ``name=""`` so tensor names are the GraphDef's own. Unsafe ops
+    (see :mod:`bnconvert.safety`) raise :class:`UnsafeGraphError` unless ``allow_unsafe``.
+    """
+    with _tf_session(graph_def, allow_unsafe, what) as run:
+        return run(feeds, outputs, flags)
 
 
 #: what TensorFlow says when an allocation fails (the stage child's data segment is capped by the
@@ -276,6 +356,31 @@ def run_onnx_here(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str
     return {o: np.asarray(v) for o, v in zip(outputs, values)}
 
 
+def run_onnx_probes(path, runs: list[dict], outputs: list[str], probes: list[str], provider: str = "cpu",
+                    layer_rows: int | None = None, extra_feeds: dict | None = None) -> tuple[list[dict], list[str]]:
+    """ONNX Runtime, in one child process, on a copy of ``path`` that also outputs the ``probes``
+    it computes (:func:`bnconvert.verify.expose.expose_onnx`): per-run results (probe tensors
+    cut to ``layer_rows`` rows, :func:`trim_rows`) and the probes found."""
+    from bnconvert import isolate
+
+    return isolate.run_stage(f"onnxruntime ({provider})", "bnconvert.verify.runners:run_onnx_probes_here",
+                             dict(path=os.fspath(path), runs=runs, outputs=list(outputs), probes=list(probes),
+                                  provider=provider, layer_rows=layer_rows, extra_feeds=extra_feeds), tf=False)
+
+
+def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows=None, extra_feeds=None):
+    """:func:`run_onnx_probes` in this process."""
+    from .expose import expose_onnx
+
+    data, found = expose_onnx(path, probes)
+    sess = onnx_session(data, provider)
+    del data
+    fetch = list(outputs) + [t for t in found if t not in outputs]
+    results = [trim_rows(run_onnx_here(None, {**f, **(extra_feeds or {})}, fetch, session=sess), outputs, layer_rows)
+               for f in runs]
+    return results, found
+
+
 # ---------------------------------------------------------------------------- TFLite
 
 def tflite_interpreter(path_or_bytes, preserve_all: bool = False):
@@ -338,6 +443,30 @@ def _run_tflite_child(path, feeds, outputs, want_intermediates=False):
     names: dict = {}
     inter: dict | None = {} if want_intermediates else None
     return run_tflite_here(path, feeds, outputs, names, inter), names, inter
+
+
+def run_tflite_layers(path, runs: list[dict], outputs: list[str], layer_rows: int | None = None,
+                      prefix: str = "") -> list[dict]:
+    """The .tflite on every feed dict of ``runs`` in one child process: the outputs, plus every
+    intermediate tensor (keyed ``prefix + TFLite name``) cut to ``layer_rows`` rows per run."""
+    from bnconvert import isolate
+
+    if isinstance(path, str) and not os.path.isfile(path):
+        raise InputError(f"no such TFLite model: {path}")
+    return isolate.run_stage("the TFLite interpreter", "bnconvert.verify.runners:run_tflite_layers_here",
+                             dict(path=os.fspath(path), runs=runs, outputs=list(outputs), layer_rows=layer_rows,
+                                  prefix=prefix))
+
+
+def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix=""):
+    """:func:`run_tflite_layers` in this process."""
+    results = []
+    for f in runs:
+        inter: dict = {}
+        got = run_tflite_here(path, f, outputs, intermediates=inter)
+        got.update(trim_rows({prefix + k: v for k, v in inter.items()}, (), layer_rows))
+        results.append(got)
+    return results
 
 
 def run_tflite_here(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None,
