@@ -259,7 +259,9 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
         t = time.perf_counter()
         refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
         report.verification_power = measure_power(prep.folded_path, prep.power_targets, runs, outs, ref, tol,
-                                                  info.get("samples"), allow_unsafe, refs, layer_rows=rows)
+                                                  info.get("samples"), allow_unsafe, refs, layer_rows=rows,
+                                                  free_batch=fixed is None and not vopts.data and all(
+                                                      d is not None and d < 0 for d in prep.declared_batch.values()))
         report.timings["verify_power"] = time.perf_counter() - t
 
 

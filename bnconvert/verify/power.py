@@ -54,12 +54,14 @@ def targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
 
 def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
                   tol: dict, samples: int | None, allow_unsafe: bool = False,
-                  layer_refs: list[tuple[str, str, object]] = (), layer_rows: int | None = None) -> dict:
+                  layer_refs: list[tuple[str, str, object]] = (), layer_rows: int | None = None,
+                  free_batch: bool = False) -> dict:
     """``{"perturbation", "layers": [{layer, position, tried: {e: caught}, outputs_tried,
     caught_1pct, smallest_caught, outputs_smallest_caught}], "caught_1pct"}``; ``{}`` when no
     layer was folded.  ``folded``: the folded GraphDef or its binary file; ``weight_targets``:
     :func:`targets` of it.  ``layer_refs``: ``(layer name, tensor in the folded graph, reference)``,
-    the references holding the first ``layer_rows`` rows of each run.
+    the references holding the first ``layer_rows`` rows of each run; with a free batch
+    (``free_batch``, one run) the whole check then runs on those rows.
 
     Every perturbed run (each target at each of :data:`LEVELS`, on every run of inputs) goes
     through one TensorFlow session in one child process; the verdicts are then read in the
@@ -71,6 +73,11 @@ def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[
 
     if not weight_targets:
         return {}
+    if layer_rows is not None and free_batch and len(runs) == 1:
+        # the layers are compared on the first rows only: so is the power check, outputs included
+        runs = [{k: (v[:layer_rows] if np.ndim(v) else v) for k, v in runs[0].items()}]
+        reference = {k: (v[:layer_rows] if np.ndim(v) else v) for k, v in reference.items()}
+        samples = layer_rows
     fetch = list(outputs) + list(dict.fromkeys(tn for _, tn, _ in layer_refs if tn not in outputs))
     feeds, keys = [], []
     for i, (pos, wt, t) in enumerate(weight_targets):
