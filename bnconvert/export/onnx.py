@@ -160,6 +160,46 @@ def _lean_optimizers():
         optimizer.copy = saved_copy
 
 
+def _tf2onnx(graph_def, inputs: list[str], outputs: list[str], opset: int, shape_override):
+    """tf2onnx's ``from_graph_def`` for a frozen graph, in fewer copies of the model.
+
+    The same steps (grappler's ``tf_optimize``, ``process_tf_graph``, the ONNX optimizers,
+    ``make_model``) without what a frozen graph does not need or keeps too long: a session that
+    freezes variables (the graph has none, and ``from_graph_def`` discards the result), and the
+    TensorFlow graph and optimized GraphDef, released before the optimizers run.  A tf2onnx
+    without these functions gets ``from_graph_def``.
+    """
+    import gc
+
+    import tf2onnx
+
+    try:
+        from tf2onnx import optimizer, tf_loader, tfonnx
+
+        steps = (tf_loader.tf_optimize, tfonnx.process_tf_graph, optimizer.optimize_graph)
+    except (ImportError, AttributeError):
+        steps = None
+    if steps is None:
+        with _lean_optimizers():
+            return tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                                  opset=opset, shape_override=shape_override)[0]
+    from bnconvert.tfproto import tf as _tf
+
+    tf = _tf()
+    with tf.device("/cpu:0"), tf.Graph().as_default():  # grappler's meta graph needs graph mode
+        frozen = tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
+    with tf.Graph().as_default() as tf_graph:
+        tf.import_graph_def(frozen, name="")
+        del frozen
+        g = tfonnx.process_tf_graph(tf_graph, continue_on_error=True, opset=opset, shape_override=shape_override,
+                                    input_names=list(inputs), output_names=list(outputs))
+    del tf_graph
+    gc.collect()
+    with _lean_optimizers():
+        g = optimizer.optimize_graph(g, catch_errors=True)
+    return g.make_model("converted from unknown")
+
+
 def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, opset: int = 17,
                 input_shapes: dict[str, list[int]] | None = None, bn_form: str = "bnop") -> dict:
     """Convert with tf2onnx, check with ``onnx.checker``, write ``path`` atomically.
@@ -187,9 +227,7 @@ def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, ops
     import tf2onnx
 
     try:
-        with _lean_optimizers():
-            model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
-                                                      opset=opset, shape_override=shape_override)
+        model = _tf2onnx(graph_def, inputs, outputs, opset, shape_override)
     except Exception as e:  # noqa: BLE001 - tf2onnx raises ValueError/KeyError/RuntimeError/...
         msg = _one_line(e)
         if "nsupported" in msg or "not supported" in msg:

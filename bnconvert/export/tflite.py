@@ -62,9 +62,11 @@ def export_tflite(graph_def, inputs, outputs, path, input_shapes: dict[str, list
     from bnconvert.tfproto import tf as _tf
 
     tf = _tf()
-    gd = tf.compat.v1.GraphDef()
-    gd.CopyFrom(graph_def)
-    widened = widen_to_float32(gd)
+    gd, widened = graph_def, None  # never modified: _convert works on its own copy
+    if _has_narrow_floats(graph_def):
+        gd = tf.compat.v1.GraphDef()
+        gd.CopyFrom(graph_def)
+        widened = widen_to_float32(gd)
     flat, batch, note = None, "fixed", _dynamic_refused(gd, inputs, shapes) if dynamic_batch else "not asked for"
     if note is None:
         free = {n: [None] + s[1:] for n, s in shapes.items()}
@@ -124,6 +126,8 @@ def _convert(tf, template, inputs, outputs, shapes, configure=None) -> bytes:
             tf.compat.v1.import_graph_def(gd, name="")
         except ValueError as e:
             raise InputError(f"input shapes do not fit the graph: {_one_line(e)}") from None
+    node = by_name = None  # views into gd keep all of it alive
+    del gd  # the graph holds its own copy: one copy of the weights fewer while converting
     with tf.compat.v1.Session(graph=graph) as sess:
         in_t = [graph.get_tensor_by_name(n) for n in inputs]
         out_t = [graph.get_tensor_by_name(n) for n in outputs]
@@ -171,6 +175,17 @@ def _resize_refused(flat: bytes, inputs, outputs, shapes) -> str | None:
 
 _NARROW = {19: "float16", 14: "bfloat16"}  # DT_HALF, DT_BFLOAT16
 _DT_FLOAT = 1
+
+
+def _has_narrow_floats(gd) -> bool:
+    """Whether :func:`widen_to_float32` would change anything in ``gd``."""
+    for n in gd.node:
+        for a in n.attr.values():
+            kind = a.WhichOneof("value")
+            if (kind == "type" and a.type in _NARROW) or (kind == "list" and any(t in _NARROW for t in a.list.type)) \
+                    or (kind == "tensor" and a.tensor.dtype in _NARROW):
+                return True
+    return False
 
 
 def widen_to_float32(gd) -> str | None:

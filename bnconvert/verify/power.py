@@ -63,13 +63,10 @@ def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[
     the references holding the first ``layer_rows`` rows of each run; with a free batch
     (``free_batch``, one run) the whole check then runs on those rows.
 
-    Every perturbed run (each target at each of :data:`LEVELS`, on every run of inputs) goes
-    through one TensorFlow session in one child process; the verdicts are then read in the
-    order described in the module docstring (1%, then 0.1% or 10%).
+    The check runs in one child process, on one TensorFlow session, and sends back only the
+    verdicts (:func:`measure_power_here`).
     """
-    from .compare import compare
-    from .inputs import concat_runs
-    from .runners import run_tf_many
+    from bnconvert import isolate
 
     if not weight_targets:
         return {}
@@ -78,43 +75,48 @@ def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[
         runs = [{k: (v[:layer_rows] if np.ndim(v) else v) for k, v in runs[0].items()}]
         reference = {k: (v[:layer_rows] if np.ndim(v) else v) for k, v in reference.items()}
         samples = layer_rows
+    with isolate.graph_file(folded) as src:
+        return isolate.run_stage("TensorFlow (power check)", "bnconvert.verify.power:measure_power_here",
+                                 dict(graph_def=src, weight_targets=weight_targets, runs=runs, outputs=list(outputs),
+                                      reference=reference, tol=tol, samples=samples, allow_unsafe=allow_unsafe,
+                                      layer_refs=list(layer_refs), layer_rows=layer_rows))
+
+
+def measure_power_here(graph_def, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
+                       tol: dict, samples: int | None, allow_unsafe: bool = False,
+                       layer_refs: list = (), layer_rows: int | None = None) -> dict:
+    """:func:`measure_power` in this process."""
+    from .compare import compare
+    from .inputs import concat_runs
+    from .runners import _tf_session, trim_rows
+
     fetch = list(outputs) + list(dict.fromkeys(tn for _, tn, _ in layer_refs if tn not in outputs))
-    feeds, keys = [], []
-    for i, (pos, wt, t) in enumerate(weight_targets):
-        for e in LEVELS:
-            w = t["w"].copy()
-            w[t["idx"]] = w[t["idx"]] * (1 + e)
-            for f in runs:
-                feeds.append({**f, wt: w})
-                keys.append((i, e))
-    results, _ = run_tf_many(folded, feeds, fetch, allow_unsafe=allow_unsafe, stage="TensorFlow (power check)",
-                             n_outputs=len(outputs), layer_rows=layer_rows)
-    by_key: dict = {}
-    for k, r in zip(keys, results):
-        by_key.setdefault(k, []).append(r)
     result = []
-    for i, (pos, wt, t) in enumerate(weight_targets):
-        tried: dict[str, bool] = {}
-        out_tried: dict[str, bool] = {}
+    with _tf_session(graph_def, allow_unsafe, "") as (run, _):
+        for pos, wt, t in weight_targets:
+            tried: dict[str, bool] = {}
+            out_tried: dict[str, bool] = {}
 
-        def caught(e: float) -> bool:
-            got = concat_runs(by_key[(i, e)])
-            rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
-            c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
-            out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
-            tried[f"{e:g}"] = any(not o.ok for o in c.outputs + c.layers)
-            return out_tried[f"{e:g}"]
+            def caught(e: float) -> bool:
+                w = t["w"].copy()
+                w[t["idx"]] = w[t["idx"]] * (1 + e)
+                got = concat_runs([trim_rows(run({**f, wt: w}, fetch), outputs, layer_rows) for f in runs])
+                rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
+                c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
+                out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
+                tried[f"{e:g}"] = any(not o.ok for o in c.outputs + c.layers)
+                return out_tried[f"{e:g}"]
 
-        if caught(LEVELS[0]):
-            caught(LEVELS[1])
-        else:
-            caught(LEVELS[2])
-        hits = [float(e) for e, h in tried.items() if h]
-        out_hits = [float(e) for e, h in out_tried.items() if h]
-        result.append({"layer": t["layer"], "position": pos, "producer": t["producer"], "tried": tried,
-                       "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
-                       "smallest_caught": min(hits) if hits else None,
-                       "outputs_smallest_caught": min(out_hits) if out_hits else None})
+            if caught(LEVELS[0]):
+                caught(LEVELS[1])
+            else:
+                caught(LEVELS[2])
+            hits = [float(e) for e, h in tried.items() if h]
+            out_hits = [float(e) for e, h in out_tried.items() if h]
+            result.append({"layer": t["layer"], "position": pos, "producer": t["producer"], "tried": tried,
+                           "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
+                           "smallest_caught": min(hits) if hits else None,
+                           "outputs_smallest_caught": min(out_hits) if out_hits else None})
     return {"perturbation": "output channel 0 of the folded weights x(1+e)",
             "layers": result, "caught_1pct": all(r["caught_1pct"] for r in result)}
 
