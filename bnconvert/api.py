@@ -157,7 +157,7 @@ def _shapes(value) -> dict[str, list[int]] | None:
 
 
 _BOOL_OPTIONS = ("verify", "force", "allow_unsafe", "keep_going", "raise_on_failure")
-_INT_OPTIONS = ("opset", "batch", "seed")
+_INT_OPTIONS = ("layer_budget", "opset", "batch", "seed")
 
 
 def _check_options(options: dict) -> dict:
@@ -201,6 +201,8 @@ def _check_options(options: dict) -> dict:
             raise InputError(f"{key}: expected a non-negative number, got {_type(v)}")
     if out.get("data") is not None and not isinstance(out["data"], (str, os.PathLike)):
         raise InputError(f"data: expected the path of an .npz file, got {_type(out['data'])}")
+    if "layer_budget" in out and out["layer_budget"] < 1:
+        raise InputError(f"layer_budget: expected a positive number of bytes, got {out['layer_budget']}")
     if "mode" in out and out["mode"] not in ("fold", "scale_shift"):
         raise InputError(f"mode: unknown mode {_type(out['mode'])} (fold or scale_shift)")
     return out
@@ -338,7 +340,9 @@ def convert(model, outdir: str | None = None, **options) -> Report:
     ``options`` are the CLI's (see :mod:`bnconvert.options`): ``to``, ``verify``, ``force``,
     ``inputs``, ``outputs``, ``set_flags``, ``mode``, ``only``, ``opset``, ``batch``,
     ``input_shapes``, ``data``, ``providers``, ``atol``, ``rtol``, ``allow_unsafe``, ``seed``,
-    ``max_memory``.  Nothing is left behind on failure; when verification fails the files are written and
+    ``max_memory``, ``layer_budget`` (bytes of layer tensors each runtime keeps for the
+    layer-by-layer comparison, default 64 MiB; beyond it the layers are compared on the first
+    rows of each run, the outputs always on every sample).  Nothing is left behind on failure; when verification fails the files are written and
     :class:`VerificationError` (exit code 1, ``.report`` attached) is raised.
     """
     from . import pipeline
@@ -417,6 +421,7 @@ def compare(
     save_io: str | None = None,
     raise_on_failure: bool = True,
     max_memory: int | str | None = None,
+    layer_budget: int = 64 << 20,
 ) -> dict[str, dict]:
     """Compare ``converted`` (.pb/.pbtxt, .onnx or .tflite, made by anything) with ``original``.
 
@@ -437,7 +442,7 @@ def compare(
     a = _check_options({"inputs": inputs, "outputs": outputs, "set_flags": set_flags, "providers": providers,
                         "input_shapes": input_shapes, "batch": batch, "atol": atol, "rtol": rtol,
                         "allow_unsafe": allow_unsafe, "seed": seed, "raise_on_failure": raise_on_failure,
-                        "data": data})
+                        "data": data, "layer_budget": layer_budget})
     inputs, outputs, set_flags, providers = a["inputs"], a["outputs"], a["set_flags"], a["providers"]
     input_shapes = a["input_shapes"]
     if not os.path.exists(converted):
@@ -450,7 +455,7 @@ def compare(
         info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
         shapes = resolve_shapes(model.graph_def, info.inputs, input_shapes, batch=batch)
     vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed, samples=samples,
-                          save_io=save_io)
+                          save_io=save_io, layer_budget=a["layer_budget"])
     with progress.stage("verify"):
         result = verify_converted(model, converted, info, shapes, vopts, allow_unsafe=allow_unsafe)
     if raise_on_failure and not all(v["ok"] for v in result.values()):

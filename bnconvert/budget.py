@@ -49,17 +49,17 @@ def default_limit() -> int:
     return min(DEFAULT_CAP, physical_memory() // 2)
 
 
-def parse_size(text: str | int) -> int:
-    """``"4G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` → bytes (positive)."""
+def parse_size(text: str | int, what: str = "--max-memory") -> int:
+    """``"4G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` → bytes (positive); errors name ``what``."""
     if isinstance(text, int):
         value = text
     else:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
         if not m:
-            raise InputError(f"--max-memory '{text}': expected bytes or a size like 4G, 512M")
+            raise InputError(f"{what} '{text}': expected bytes or a size like 4G, 512M")
         value = int(float(m.group(1)) * (1 << (10 * "_kmgt".index(m.group(2).lower() or "_"))))
     if value <= 0:
-        raise InputError(f"--max-memory must be positive, got {text}")
+        raise InputError(f"{what} must be positive, got {text}")
     return value
 
 

@@ -60,6 +60,9 @@ class VerifyOptions:
     samples: int = 8  # see bnconvert.verify.inputs.sample_runs
     save_io: str | None = None  # folder for inputs.npz / expected.npz (what verify-onnx takes)
     power: bool = True  # measure the check's power on the inputs used (bnconvert.verify.power)
+    #: bytes of layer tensors each runtime sends back (all runs together); beyond it the layers are
+    #: compared on the first rows of each run (bnconvert.verify.runners.LAYER_BYTES, 64 MiB)
+    layer_budget: int = 64 << 20
 
 
 @dataclass

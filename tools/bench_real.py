@@ -46,18 +46,21 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
 import tf_keras as keras
-from tf_keras.applications import resnet
+from tf_keras.src.applications import resnet
 width = {width!r}
-if width != 1.0:  # scale every conv/dense layer's width
-    orig_conv, orig_dense = keras.layers.Conv2D, keras.layers.Dense
-    class Conv2D(orig_conv):
-        def __init__(self, filters, *a, **k):
-            super().__init__(max(1, int(round(filters * width))), *a, **k)
-    resnet.layers = type("L", (), {{n: getattr(keras.layers, n) for n in dir(keras.layers) if not n.startswith("_")}})
-    resnet.layers.Conv2D = Conv2D
+kw = {{}}
+if width != 1.0:  # scale every conv layer's width (ResNet takes its layer factory as `layers=`)
+    from tf_keras.src.layers import VersionAwareLayers
+    base = VersionAwareLayers()
+    class Layers:
+        def __getattr__(self, n):
+            return getattr(base, n)
+        def Conv2D(self, filters, *a, **k):
+            return base.Conv2D(max(1, int(round(filters * width))), *a, **k)
+    kw["layers"] = Layers()
 from tf_keras.src import backend as K0
 phase = K0.learning_phase()
-model = resnet.ResNet50(weights=None, input_shape=(224, 224, 3))
+model = resnet.ResNet50(weights=None, input_shape=(224, 224, 3), **kw)
 from tf_keras.src import backend as K
 sess = K.get_session()
 rng = np.random.default_rng(0)

@@ -58,12 +58,22 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     p.add_argument("--samples", type=int, default=8,
                    help="random samples to verify on (default: 8; a fixed batch runs several times)")
+    p.add_argument("--layer-budget", metavar="BYTES", default="64M",
+                   help="memory for the layer-by-layer comparison, per runtime (e.g. 256M); beyond it the layers "
+                        "are compared on the first samples, the outputs always on all (default: 64M)")
     p.add_argument("--save-io", metavar="DIR",
                    help="write the verification inputs and expected outputs (inputs.npz, expected.npz) for verify-onnx")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a stage (TF run, converter, runtime) that runs longer (default: 600)")
     p.add_argument("--allow-unsafe-ops", action="store_true",
                    help="run graphs even if they hold file/process I/O ops")
+
+
+def layer_budget(text: str) -> int:
+    """``--layer-budget``: bytes ("64M", "1G", "1000000"), positive."""
+    from ..budget import parse_size
+
+    return parse_size(text, "--layer-budget")
 
 
 def split_list(s: str | None) -> list[str] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arguments, add_verify_arguments, parse_shapes, providers, split_list
+from .common import add_model_arguments, add_verify_arguments, layer_budget, parse_shapes, providers, split_list
 
 HELP = "fold batch norms, export .pb/.onnx/.tflite and verify them"
 
@@ -62,6 +62,7 @@ def run(args) -> int:
             int8_io=args.int8_io, int8_min_top1=args.int8_min_top1, int8_min_cosine=args.int8_min_cosine,
             int8_min_sqnr=args.int8_min_sqnr,
             samples=args.samples, save_io=args.save_io,
+            layer_budget=layer_budget(args.layer_budget),
         )
     except Exception as e:
         report = getattr(e, "report", None)

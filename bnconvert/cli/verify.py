@@ -2,7 +2,7 @@
 by anything) on the same inputs and compare every output. Exit 1 when they disagree."""
 from __future__ import annotations
 
-from .common import add_model_arguments, add_verify_arguments, parse_shapes, providers, split_list
+from .common import add_model_arguments, add_verify_arguments, layer_budget, parse_shapes, providers, split_list
 
 HELP = "compare a converted model (.pb/.onnx/.tflite) with the original graph"
 
@@ -26,6 +26,7 @@ def run(args) -> int:
             set_flags=parse_set(args.set), providers=providers(args.providers), data=args.data,
             input_shapes=parse_shapes(args.input_shape), batch=args.batch, atol=args.atol, rtol=args.rtol,
             allow_unsafe=args.allow_unsafe_ops, seed=args.seed, samples=args.samples, save_io=args.save_io,
+            layer_budget=layer_budget(args.layer_budget),
             raise_on_failure=True,
         )
     except VerificationError as e:

@@ -129,16 +129,17 @@ def check_providers(providers) -> None:
 
 
 def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False,
-                  more: list[str] = (), names=None):
+                  more: list[str] = (), names=None, layer_budget: int | None = None):
     """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
     tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
     ``graph_def``: a GraphDef or a binary GraphDef file (then ``names``: its node names).
     If the probe tensors cannot be fetched (e.g. one lies in a branch the flags switch off), the
     outputs alone.  Returns ``(outputs, layer tensors, rows)``: the layer tensors hold the first
-    ``rows`` rows of each run (None: all; :data:`bnconvert.verify.runners.LAYER_BYTES`), and
-    every runtime compared with them is cut the same way."""
+    ``rows`` rows of each run (None: all; ``layer_budget`` bytes, default
+    :data:`bnconvert.verify.runners.LAYER_BYTES`), and every runtime compared with them is cut
+    the same way."""
     from .inputs import concat_runs
-    from .runners import run_tf_many
+    from .runners import LAYER_BYTES, run_tf_many
 
     names = set(names) if names is not None else {n.name for n in graph_def.node}
     first = [t for p in probes for t in ((p.original, p.candidate) if also_candidates else (p.original,))
@@ -150,7 +151,8 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
         fetch = list(outputs) + extra
         try:
             results, rows = run_tf_many(graph_def, runs, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what,
-                                        stage="TensorFlow (original graph)", n_outputs=len(outputs))
+                                        stage="TensorFlow (original graph)", n_outputs=len(outputs),
+                                        layer_budget=layer_budget or LAYER_BYTES)
             got = concat_runs(results)
             del results
             break
@@ -214,7 +216,7 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     ``prep``: the :class:`~bnconvert.prepare.Prepared` of the run — the graphs are files there
     (each runtime's child reads its own), this process holds none of them."""
     from .inputs import concat_runs
-    from .runners import LAYER_BYTES, onnx_runtime_label, run_tf_many
+    from .runners import onnx_runtime_label, run_tf_many
 
     check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
@@ -228,12 +230,12 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     t = time.perf_counter()
     ref, lref, rows = reference_run(prep.original_path, runs, report.outputs, probes, report.training_flags,
                               allow_unsafe, prep.source_path, report.notes, more=tfl.references if tfl else (),
-                              names=prep.original_ops)
+                              names=prep.original_ops, layer_budget=vopts.layer_budget)
     report.timings["verify_tf_original"] = time.perf_counter() - t
     if rows is not None:
         info["layer_rows"] = rows
         report.notes.append(f"layer tensors compared on the first {rows} row(s) of each run (all of them "
-                            f"would exceed {LAYER_BYTES >> 20} MiB); the outputs on every sample")
+                            f"would exceed {vopts.layer_budget / 2**20:g} MiB); the outputs on every sample")
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
     outs = report.outputs
     entries = []
@@ -512,7 +514,8 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
         tfl = TFLiteLayers(converted, {n.name: n.op for n in model.graph_def.node}, outs,
                            fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
         ref, lref, rows = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
-                                        also_candidates=True, more=tfl.references if tfl else ())
+                                        also_candidates=True, more=tfl.references if tfl else (),
+                                        layer_budget=getattr(vopts, "layer_budget", None))
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     entries = []
     if kind == "onnx":

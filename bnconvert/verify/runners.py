@@ -107,20 +107,6 @@ def run_tf(graph, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[
 LAYER_BYTES = 64 << 20
 
 
-def layer_rows_for(results: list[dict], outputs, budget: int = LAYER_BYTES) -> int | None:
-    """How many rows of each run's layer tensors fit ``budget``; None when all of them do."""
-    outs = set(outputs)
-    rows = per_row = 0
-    for got in results:
-        for k, v in got.items():
-            if k not in outs and np.ndim(v) >= 1 and np.shape(v)[0] > 0:
-                rows = max(rows, np.shape(v)[0])
-                per_row += np.asarray(v).nbytes // np.shape(v)[0]
-    if not per_row or per_row * rows <= budget:
-        return None
-    return max(1, budget // per_row)
-
-
 def trim_rows(got: dict, outputs, rows: int | None) -> dict:
     """``got`` with every tensor that is not an output cut to its first ``rows`` rows (dim 0).
 
@@ -135,12 +121,13 @@ def trim_rows(got: dict, outputs, rows: int | None) -> dict:
 
 def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                 allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow",
-                n_outputs: int | None = None, layer_rows: int | None | str = "auto") -> tuple[list[dict], int | None]:
+                n_outputs: int | None = None, layer_rows: int | None | str = "auto",
+                layer_budget: int = LAYER_BYTES) -> tuple[list[dict], int | None]:
     """Every feed dict of ``runs`` through one TensorFlow session, in one child process.
 
     ``outputs[:n_outputs]`` are the model's outputs (kept whole); the rest are layer tensors,
-    cut to ``layer_rows`` rows per run ("auto": as many as :data:`LAYER_BYTES` allows, chosen on
-    the first run).  Returns the per-run results and the rows used (None: all)."""
+    cut to ``layer_rows`` rows per run ("auto": as many as ``layer_budget`` bytes allow for all
+    runs, chosen on the first run).  Returns the per-run results and the rows used (None: all)."""
     from bnconvert import isolate
 
     if hasattr(graph, "node"):
@@ -151,12 +138,13 @@ def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bo
         return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_many_here",
                                  dict(graph_def=src, runs=runs, outputs=list(outputs), flags=flags,
                                       allow_unsafe=allow_unsafe, what=what, n_outputs=n_outputs,
-                                      layer_rows=layer_rows))
+                                      layer_rows=layer_rows, layer_budget=layer_budget))
 
 
 def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                      allow_unsafe: bool = False, what: str = "", n_outputs: int | None = None,
-                     layer_rows: int | None | str = "auto") -> tuple[list[dict], int | None]:
+                     layer_rows: int | None | str = "auto",
+                     layer_budget: int = LAYER_BYTES) -> tuple[list[dict], int | None]:
     """:func:`run_tf_many` in this process.
 
     The outputs are computed on each whole run.  The layer tensors, when the rows are cut and
@@ -175,7 +163,7 @@ def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dic
                     sample = run(_head(feeds, 1), layers, flags) if can_cut else run(feeds, layers, flags)
                     per_row = sum(np.asarray(v).nbytes // max(1, np.shape(v)[0]) for v in sample.values() if np.ndim(v))
                     total = per_row * _rows(feeds) * len(runs)
-                    layer_rows = None if total <= LAYER_BYTES else max(1, LAYER_BYTES // max(1, per_row * len(runs)))
+                    layer_rows = None if total <= layer_budget else max(1, layer_budget // max(1, per_row * len(runs)))
                 sub = _head(feeds, layer_rows) if can_cut and layer_rows else feeds
                 got.update(trim_rows(run(sub, layers, flags), (), layer_rows))
             results.append(got)
@@ -493,11 +481,23 @@ def run_tflite_layers(path, runs: list[dict], outputs: list[str], layer_rows: in
 
 
 def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix=""):
-    """:func:`run_tflite_layers` in this process."""
+    """:func:`run_tflite_layers` in this process.
+
+    When the layer tensors are cut to ``layer_rows`` rows and the model takes a smaller batch,
+    the outputs come from a plain run of the whole batch and the layer tensors from a run of
+    the first rows (an interpreter that keeps every tensor holds them all at once)."""
     results = []
     for f in runs:
         inter: dict = {}
-        got = run_tflite_here(path, f, outputs, intermediates=inter)
+        if layer_rows is not None and _rows(f) > layer_rows:
+            got = run_tflite_here(path, f, outputs)
+            try:
+                run_tflite_here(path, _head(f, layer_rows), outputs, intermediates=inter)
+            except InputError:  # a fixed batch: every tensor of the whole batch, then cut
+                inter = {}
+                run_tflite_here(path, f, outputs, intermediates=inter)
+        else:
+            got = run_tflite_here(path, f, outputs, intermediates=inter)
         got.update(trim_rows({prefix + k: v for k, v in inter.items()}, (), layer_rows))
         results.append(got)
     return results
