@@ -119,12 +119,21 @@ def prepare(source: str, tmp: str, graph_name: str, opts, source_meta: dict | No
     write_graph_def(folded.graph_def, folded_path)
     if "pb" in exp.to:
         report.timings["write_pb"] = time.perf_counter() - t
-    prep = Prepared(report=report, folded_path=folded_path, original_path=None, source_path=model.path,
+    original_path = _original_file(model, source, original_as_is, tmp) if ver.verify else None
+    return prepared(folded, folded_path, original_path, verify=ver.verify, power=ver.power)
+
+
+def prepared(folded, folded_path: str, original_path: str | None, verify: bool = True,
+             power: bool = True) -> Prepared:
+    """The :class:`Prepared` of a :class:`~bnconvert.api.FoldedModel` whose folded graph is at
+    ``folded_path`` and whose original is at ``original_path`` (binary GraphDefs; the report's
+    ``input_shapes`` must be set).  Also what ``tools/bench.py`` uses to verify stage by stage."""
+    model, report = folded.model, folded.report
+    prep = Prepared(report=report, folded_path=folded_path, original_path=original_path, source_path=model.path,
                     input_dtypes=_dtypes(folded.graph_def, report.inputs),
                     declared_shapes=_declared(model.graph_def, report.inputs))
-    if ver.verify:
-        prep.original_path = _original_file(model, source, original_as_is, tmp)
-        _verification_facts(prep, model.graph_def, folded.graph_def, report, power=ver.power)
+    if verify:
+        _verification_facts(prep, model.graph_def, folded.graph_def, report, power=power)
     return prep
 
 

@@ -450,8 +450,10 @@ def pipeline(arch: str, n: int, path: str, ref: str, workdir: str) -> dict:
     rep.input_shapes = shapes
     measure(lambda: export_tflite(folded.graph_def, ins, outs, staged["tflite"], shapes), stages, "TFLite export")
     # what api.convert runs after exporting (private: the benchmark follows convert's own sequence)
-    measure(lambda: verify_conversion(folded, staged, rep, VerifyOptions()), stages,
-            "verification")
+    from bnconvert.prepare import prepared
+
+    prep = prepared(folded, staged["pb"], path)
+    measure(lambda: verify_conversion(prep, staged, rep, VerifyOptions()), stages, "verification")
     import onnx
 
     d = np.load(ref)
