@@ -1,27 +1,31 @@
 #!/usr/bin/env python
-"""Real-size benchmark: a ResNet-50 built the TF1 way, bnconvert against tf2onnx as users run it.
+"""Real-size benchmark: ResNet-50, Inception-v3 and DenseNet-121 built the TF1 way, bnconvert
+against tf2onnx as users run it and against tf2onnx on the hand-edited graph.
 
-    python tools/bench_real.py --workdir /tmp/bench_real            # build (once) and measure
-    python tools/bench_real.py --workdir /tmp/bench_real --widths 0.5,1,2   # memory vs model size
+    python tools/bench_real.py --workdir /tmp/bench_real                      # ResNet-50, build once
+    python tools/bench_real.py --workdir /tmp/bench_real --widths 0.3,1,2     # memory vs model size
+    python tools/bench_real.py --archs resnet50,inception_v3,densenet121 --latency --json r.json
 
-The graph is Keras applications' ResNet50 (``tf_keras``, TF1 graph mode, v2 behaviour off,
+The graphs are Keras applications' models (``tf_keras``, TF1 graph mode, v2 behaviour off,
 ``weights=None``: random weights, no download) with the learning phase as a bool placeholder,
 every BN's gamma, beta and moving statistics randomised, frozen with
-``convert_variables_to_constants`` into ``WORKDIR/resnet50_w{width}.pb`` (never committed).
-``--widths`` scales every layer's channels (1 → 25.6 M parameters, ~98 MB).
+``convert_variables_to_constants`` into ``WORKDIR/<arch>_w<width>.pb`` (never committed).
+``--widths`` scales ResNet-50's conv channels (0.3 → 11 MB, 1 → 103 MB, 2 → ~400 MB).
 
 Each command runs alone, one after the other, as a user runs it:
 
 - ``bnconvert fold model.pb -o OUT --force`` (pb + onnx + tflite, verified),
 - ``bnconvert fold model.pb -o OUT --force --to onnx --no-verify``,
 - ``python -m tf2onnx.convert --graphdef model.pb --inputs input_1:0,keras_learning_phase:0
-  --outputs probs/Softmax:0 --output OUT/tf2onnx.onnx`` (the training flag stays an input).
+  --outputs <out> --output OUT/tf2onnx.onnx`` (the training flag stays an input),
+- the same on ``model.const_flag.pb``, the flag placeholder replaced by a constant False.
 
-Memory is sampled every 50 ms over the command's whole process tree (bnconvert's forkserver and
-stage children included): **sum RSS** adds every process's resident set (pages shared between
-the forkserver and its children are counted once per process: an upper bound); **tree memory**
-counts each process's private pages (USS) plus the largest shared part once — what a container's
-memory limit sees.  Wall time includes Python and TensorFlow start-up.
+``--latency`` then times the three ONNX models in onnxruntime (CPU; batch 1 and 32; one thread
+and all cores).  Memory is sampled every 50 ms over the command's whole process tree
+(bnconvert's forkserver and stage children included): **sum RSS** adds every process's resident
+set (pages shared between the forkserver and its children are counted once per process: an upper
+bound); **tree memory** counts each process's private pages (USS) plus the largest shared part
+once — what a container's memory limit sees.  Wall time includes Python and TensorFlow start-up.
 """
 from __future__ import annotations
 
@@ -37,8 +41,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": ROOT}
 
 
-def build(path: str, width: float) -> dict:
-    """Write the frozen ResNet-50 (channels × ``width``) to ``path``; returns its facts."""
+ARCHS = {  # name → (tf_keras.applications constructor, input side)
+    "resnet50": ("resnet.ResNet50", 224),
+    "inception_v3": ("inception_v3.InceptionV3", 299),
+    "densenet121": ("densenet.DenseNet121", 224),
+}
+
+
+def build(path: str, width: float, arch: str = "resnet50") -> dict:
+    """Write the frozen ``arch`` (ResNet-50: channels × ``width``) to ``path``; returns its facts."""
+    ctor, side = ARCHS[arch]
     code = f"""
 import os, sys, json
 import numpy as np
@@ -46,7 +58,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
 import tf_keras as keras
-from tf_keras.src.applications import resnet
+from tf_keras.src.applications import densenet, inception_v3, resnet
 width = {width!r}
 kw = {{}}
 if width != 1.0:  # scale every conv layer's width (ResNet takes its layer factory as `layers=`)
@@ -60,7 +72,7 @@ if width != 1.0:  # scale every conv layer's width (ResNet takes its layer facto
     kw["layers"] = Layers()
 from tf_keras.src import backend as K0
 phase = K0.learning_phase()
-model = resnet.ResNet50(weights=None, input_shape=(224, 224, 3), **kw)
+model = {ctor}(weights=None, input_shape=({side}, {side}, 3), **kw)
 from tf_keras.src import backend as K
 sess = K.get_session()
 rng = np.random.default_rng(0)
@@ -132,59 +144,132 @@ def measure(cmd: list[str], timeout: float = 3600) -> dict:
             "peak_tree_mb": round(peak["tree"] / 2**20), "processes": peak["procs"], "stderr": err[-500:]}
 
 
+def hand_edited(model: str, facts: dict) -> str:
+    """The peer a careful user makes by hand: the training flag placeholder replaced by a constant
+    False (``<model>.const_flag.pb``), so tf2onnx sees an inference graph."""
+    out = model[:-3] + ".const_flag.pb"
+    if os.path.exists(out):
+        return out
+    code = f"""
+import os
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+gd = tf.compat.v1.GraphDef()
+gd.ParseFromString(open({model!r}, "rb").read())
+name = {facts['phase'].split(':')[0]!r}
+for n in gd.node:
+    if n.name == name:
+        n.op = "Const"
+        del n.input[:]
+        for k in list(n.attr):
+            del n.attr[k]
+        n.attr["dtype"].type = tf.bool.as_datatype_enum
+        n.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(False))
+open({out!r}, "wb").write(gd.SerializeToString())
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=600)
+    if p.returncode:
+        raise SystemExit(p.stderr[-3000:])
+    return out
+
+
 def commands(model: str, facts: dict, out: str) -> dict[str, list[str]]:
     bn = [sys.executable, "-m", "bnconvert.cli.main", "fold", model, "-o", out, "--force"]
+    t2o = [sys.executable, "-m", "tf2onnx.convert", "--graphdef"]
     return {
         "bnconvert fold (pb+onnx+tflite, verified)": bn,
         "bnconvert fold --to onnx --no-verify": bn + ["--to", "onnx", "--no-verify"],
-        "python -m tf2onnx.convert --graphdef": [
-            sys.executable, "-m", "tf2onnx.convert", "--graphdef", model,
-            "--inputs", f"{facts['input']},{facts['phase']}", "--outputs", facts["output"],
+        "python -m tf2onnx.convert --graphdef": t2o + [
+            model, "--inputs", f"{facts['input']},{facts['phase']}", "--outputs", facts["output"],
             "--output", os.path.join(out, "tf2onnx.onnx")],
+        "tf2onnx on the hand-edited graph (flag a constant)": t2o + [
+            hand_edited(model, facts), "--inputs", facts["input"], "--outputs", facts["output"],
+            "--output", os.path.join(out, "tf2onnx_const_flag.onnx")],
     }
+
+
+def latency(files: dict[str, str], facts: dict, side: int, batches=(1, 32), threads=(1, 0)) -> list[dict]:
+    """ONNX Runtime (CPU) latency of each converted model: median of a few runs after a warm-up.
+
+    ``threads`` 0 means onnxruntime's default (all cores).  A training flag the model still takes
+    as an input (tf2onnx as users run it) is fed False."""
+    import numpy as np
+    import onnxruntime as ort
+
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, side, side, 3), dtype=np.float32)
+        for nthreads in threads:
+            for label, path in files.items():
+                if not os.path.exists(path):
+                    continue
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = nthreads
+                so.log_severity_level = 3
+                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+                feeds = {i.name: (np.array(False) if i.type == "tensor(bool)" else x) for i in sess.get_inputs()}
+                sess.run(None, feeds)
+                times = []
+                for _ in range(3 if batch > 8 else 10):
+                    t = time.perf_counter()
+                    sess.run(None, feeds)
+                    times.append(time.perf_counter() - t)
+                rows.append({"model": label, "batch": batch, "threads": nthreads or "all",
+                             "ms": round(1000 * sorted(times)[len(times) // 2], 2)})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="/tmp/bnconvert_bench_real")
-    p.add_argument("--widths", default="1", help="channel multipliers, e.g. 0.3,1,2 (memory vs model size)")
+    p.add_argument("--archs", default="resnet50", help=f"comma-separated: {', '.join(ARCHS)}")
+    p.add_argument("--widths", default="1", help="ResNet-50 channel multipliers, e.g. 0.3,1,2 (memory vs model size)")
     p.add_argument("--only", help="substring of the command names to run")
+    p.add_argument("--latency", action="store_true", help="also time the converted ONNX models in onnxruntime")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
-    results = []
-    for width in [float(w) for w in args.widths.split(",")]:
-        model = os.path.join(args.workdir, f"resnet50_w{width:g}.pb")
-        facts_path = model + ".json"
-        if not os.path.exists(facts_path):
-            t = time.perf_counter()
-            facts = build(model, width)
-            facts["build_s"] = round(time.perf_counter() - t, 1)
-            with open(facts_path, "w") as f:
-                json.dump(facts, f)
-        with open(facts_path) as f:
-            facts = json.load(f)
-        print(f"# {model}: {facts['bytes'] / 1e6:.1f} MB, {facts['params'] / 1e6:.1f} M parameters, "
-              f"{facts['bns']} BNs", flush=True)
-        out = os.path.join(args.workdir, f"out_w{width:g}")
-        os.makedirs(out, exist_ok=True)
-        for name, cmd in commands(model, facts, out).items():
-            if args.only and args.only not in name:
-                continue
-            r = measure(cmd)
-            r.update(name=name, width=width, model_mb=round(facts["bytes"] / 1e6, 1))
-            report = os.path.join(out, os.path.basename(model)[:-3] + ".report.json")
-            if name.startswith("bnconvert") and r["rc"] == 0 and os.path.exists(report):
-                with open(report) as f:
-                    rep = json.load(f)
-                r["timings"] = rep.get("timings")
-                r["memory_mib"] = rep.get("memory_mib")
-                r["ok"] = rep.get("ok")
-            print(json.dumps({k: v for k, v in r.items() if k != "cmd"}), flush=True)
-            results.append(r)
+    results, lat = [], {}
+    for arch in args.archs.split(","):
+        for width in [float(w) for w in args.widths.split(",")] if arch == "resnet50" else [1.0]:
+            stem = f"{arch}_w{width:g}" if arch != "resnet50" else f"resnet50_w{width:g}"
+            model = os.path.join(args.workdir, stem + ".pb")
+            facts_path = model + ".json"
+            if not os.path.exists(facts_path):
+                t = time.perf_counter()
+                facts = build(model, width, arch)
+                facts["build_s"] = round(time.perf_counter() - t, 1)
+                with open(facts_path, "w") as f:
+                    json.dump(facts, f)
+            with open(facts_path) as f:
+                facts = json.load(f)
+            print(f"# {model}: {facts['bytes'] / 1e6:.1f} MB, {facts['params'] / 1e6:.1f} M parameters, "
+                  f"{facts['bns']} BNs", flush=True)
+            out = os.path.join(args.workdir, f"out_{stem}")
+            os.makedirs(out, exist_ok=True)
+            for name, cmd in commands(model, facts, out).items():
+                if args.only and args.only not in name:
+                    continue
+                r = measure(cmd)
+                r.update(name=name, arch=arch, width=width, model_mb=round(facts["bytes"] / 1e6, 1))
+                report = os.path.join(out, os.path.basename(model)[:-3] + ".report.json")
+                if name.startswith("bnconvert") and r["rc"] == 0 and os.path.exists(report):
+                    with open(report) as f:
+                        rep = json.load(f)
+                    r["timings"] = rep.get("timings")
+                    r["memory_mib"] = rep.get("memory_mib")
+                    r["ok"] = rep.get("ok")
+                print(json.dumps({k: v for k, v in r.items() if k != "cmd"}), flush=True)
+                results.append(r)
+            if args.latency:
+                files = {"bnconvert": os.path.join(out, stem + ".onnx"),
+                         "tf2onnx (flag an input)": os.path.join(out, "tf2onnx.onnx"),
+                         "tf2onnx (hand-edited)": os.path.join(out, "tf2onnx_const_flag.onnx")}
+                lat[stem] = latency(files, facts, ARCHS[arch][1])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"loadavg": os.getloadavg(), "results": results}, f, indent=1)
+            json.dump({"loadavg": os.getloadavg(), "results": results, "latency": lat}, f, indent=1)
     return 0
 
 
