@@ -410,6 +410,15 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         msg = ("ok", result, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), records)
     except BNConvertError as e:
         msg = ("err", type(e).__module__, type(e).__name__, e.message, e.exit_code)
+    except MemoryError:
+        # the data segment is capped at the memory budget (_limit_data): an allocation beyond it
+        # (a constant computed while folding, a converter's buffers) is the budget's refusal
+        from .budget import human, limit
+        from .errors import InputError
+
+        what = stage[0].upper() + stage[1:]
+        msg = ("err", InputError.__module__, "InputError",
+               f"{what} needs more memory than the budget of {human(limit())} (--max-memory to allow more)", 2)
     except ImportError as e:
         from .errors import missing_dependency
 

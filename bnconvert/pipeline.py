@@ -329,7 +329,7 @@ def _prepare(source, tmp: str, paths: dict[str, str], opts: ConvertOptions):
     meta = None
     if isinstance(source, Model):
         meta = {"path": source.path, "format": source.format, "sha256": source.sha256,
-                "repairs": dict(source.repairs or {})}
+                "repairs": dict(source.repairs or {}), "inputs": source.inputs, "outputs": source.outputs}
         staged_source = os.path.join(tmp, SOURCE)
         write_graph_def(source.graph_def, staged_source, what="the model")
         source = staged_source
@@ -337,13 +337,21 @@ def _prepare(source, tmp: str, paths: dict[str, str], opts: ConvertOptions):
     with progress.stage("load and fold", final_line=False):
         prep = isolate.run_stage("loading and folding", "bnconvert.prepare:prepare",
                                  dict(source=os.fspath(source), tmp=tmp, graph_name=graph_name, opts=opts,
-                                      source_meta=meta))
+                                      source_meta=meta, proto_limits=_proto_limits()))
     t = prep.report.timings
     progress.done("load", t.get("load", 0.0))
     progress.done("fold", t.get("inference_mode", 0.0) + t.get("match_fold", 0.0), len(prep.report.layers), "BN")
     if "pb" in opts.export.to:
         progress.done("export pb", t.get("write_pb", 0.0))
     return prep
+
+
+def _proto_limits() -> dict[str, int]:
+    """The protobuf size limits in force here (read at call time: the loader's, and the one for
+    writing the folded graph), for the child that loads and folds."""
+    import importlib
+
+    return {"load": importlib.import_module("bnconvert.load").MAX_PROTO_BYTES, "write": MAX_PROTO_BYTES}
 
 
 def _export_all(prep, exp, tmp, paths, report) -> dict[str, str]:

@@ -75,13 +75,24 @@ def _declared(graph_def, inputs: list[str]) -> dict[str, list | None]:
     return out
 
 
-def prepare(source: str, tmp: str, graph_name: str, opts, source_meta: dict | None = None) -> Prepared:
+def prepare(source: str, tmp: str, graph_name: str, opts, source_meta: dict | None = None,
+            proto_limits: dict[str, int] | None = None) -> Prepared:
     """Load ``source`` (a model path), fold it as ``opts`` says and stage the results in ``tmp``.
 
     ``graph_name``: the staged folded graph's file name (the final ``.pb``'s name when a ``.pb``
     is written).  ``source_meta``: for a Model or GraphDef the library caller handed in (staged
     by the parent as ``source``): its ``path``, ``format``, ``sha256`` and ``repairs``.
+    ``proto_limits``: the parent's protobuf size limits (``{"load": …, "write": …}``, bytes),
+    which apply here as they would in the parent.
     """
+    if proto_limits:
+        import importlib
+
+        # the modules (``bnconvert.load`` is also the name of the api function)
+        _load_mod = importlib.import_module("bnconvert.load")
+        _pipeline_mod = importlib.import_module("bnconvert.pipeline")
+        _load_mod.MAX_PROTO_BYTES = int(proto_limits["load"])
+        _pipeline_mod.MAX_PROTO_BYTES = int(proto_limits["write"])
     from . import api
     from .errors import BNConvertError
     from .pipeline import write_graph_def
@@ -101,6 +112,9 @@ def prepare(source: str, tmp: str, graph_name: str, opts, source_meta: dict | No
         model.path, model.format = source_meta["path"], source_meta["format"]
         model.sha256 = source_meta.get("sha256") or model.sha256
         model.repairs = dict(source_meta.get("repairs") or {}) or model.repairs
+        # a SavedModel's signature: its inputs and outputs are the defaults, as in the parent
+        model.inputs = source_meta.get("inputs") or model.inputs
+        model.outputs = source_meta.get("outputs") or model.outputs
     load_s = time.perf_counter() - t0
     folded = api.fold(model, inputs=ana.inputs, outputs=ana.outputs, set_flags=ana.set_flags,
                       mode=opts.fold.mode, only=opts.fold.only)

@@ -234,12 +234,15 @@ def sample_runs(shapes: dict, dtypes: dict, free_batch: bool, samples: int = DEF
     total = nruns * rows if rows else nruns
     dists: dict[str, str] = {}
     full: dict[str, np.ndarray] = {}
+    scalars = {n for n, s in shapes.items() if len(s) == 0}
     for name, shape in shapes.items():
         dt = np.dtype(dtypes.get(name, np.float32))
         shape = list(shape)
         big = [total] + shape[1:] if rows else [nruns] + shape
         if rows and free_batch:
             big = [samples] + shape[1:]
+        if name in scalars:  # a scalar beside batched inputs (keep_prob, temperature): one per run
+            big = [nruns]
         if np.issubdtype(dt, np.floating):
             a = rng.standard_normal(big)
             if _image_like(shape, dt) and big[0] >= 2:
@@ -261,7 +264,7 @@ def sample_runs(shapes: dict, dtypes: dict, free_batch: bool, samples: int = DEF
     runs = []
     for i in range(nruns):
         if rows:
-            runs.append({n: a[i * rows:(i + 1) * rows] for n, a in full.items()})
+            runs.append({n: (a[i] if n in scalars else a[i * rows:(i + 1) * rows]) for n, a in full.items()})
         else:
             runs.append({n: a[i] for n, a in full.items()})
     info = {"source": "random", "seed": seed, "samples": total if rows else nruns, "runs": nruns,

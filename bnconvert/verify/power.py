@@ -43,13 +43,27 @@ def targets(folded_gd, layers: list[dict]) -> list[tuple[str, str, dict]]:
     out = []
     for pos, ly in picks:
         node = g.nodes[ly["producer"]]
-        wt = tensor_name(g.inputs(node)[1])
+        wt = _outside_frames(g, tensor_name(g.inputs(node)[1]))
         w = g.const(wt)
         if w is None or w.dtype.kind != "f":
             continue
         idx = _channel0(node.op, w, bool(g.attr(node, "transpose_b", False)))
         out.append((pos, wt, {"layer": ly["name"], "producer": node.name, "weights": wt, "w": w, "idx": idx}))
     return out
+
+
+def _outside_frames(g: Graph, t: str) -> str:
+    """The tensor to feed for weights ``t``: a weight read inside a while loop enters its frame
+    through ``Enter`` (and maybe ``Identity``); TensorFlow refuses a feed inside the frame, so
+    the constant outside it is fed instead (the same values reach the loop body)."""
+    seen = set()
+    while t not in seen:
+        seen.add(t)
+        node = g.nodes.get(t.split(":")[0])
+        if node is None or node.op not in ("Enter", "RefEnter", "Identity") or not g.inputs(node):
+            return t
+        t = tensor_name(g.inputs(node)[0])
+    return t
 
 
 def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
@@ -125,6 +139,8 @@ def power_line(power: dict) -> str:
     """One line for the text report."""
     if not power:
         return ""
+    if "error" in power:
+        return f"power:     not measured ({power['error']})"
 
     def pct(v):
         return "not even 10%" if v is None else f"{v:.1%}".replace(".0%", "%")
