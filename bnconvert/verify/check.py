@@ -222,7 +222,10 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
     shapes = report.input_shapes
-    fixed = onnx_static_batch(staged["onnx"], report.inputs) if "onnx" in staged else None
+    fixed = None
+    if "onnx" in staged:  # from the export's own record: loading a big .onnx here would cost its size
+        fixed = static_batch(report.exports.get("onnx", {}).get("inputs")) if report.exports.get("onnx") \
+            else onnx_static_batch(staged["onnx"], report.inputs)
     runs, info = make_samples(prep.declared_batch, prep.input_dtypes, report.inputs, shapes, vopts, fixed)
     report.verification_inputs = info
     probes, skipped = list(prep.probes), list(prep.probes_skipped)
@@ -432,6 +435,14 @@ def _err(o: dict) -> str:
         return f"max abs error {float(o.get('max_abs')):.3g}, max rel error {float(o.get('max_rel')):.3g}"
     except (TypeError, ValueError):
         return o.get("reason") or "differs"
+
+
+def static_batch(inputs_info) -> int | None:
+    """The static dim 0 shared by the data inputs of an export record (``[{name, shape, dtype}]``,
+    :func:`bnconvert.export.onnx.export_onnx`), else None."""
+    dims = {(i["shape"][0] if isinstance(i["shape"][0], int) and i["shape"][0] > 0 else None)
+            for i in inputs_info or () if i.get("shape") and i.get("dtype") != "bool"}
+    return dims.pop() if len(dims) == 1 and None not in dims else None
 
 
 def onnx_static_batch(path, inputs: list[str]) -> int | None:
