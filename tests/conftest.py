@@ -84,3 +84,24 @@ def time_limit(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_forkserver_per_session():
+    """In-process ``main(argv)`` calls share the session's forkserver.
+
+    The command line stops bnconvert.isolate's forkserver when ``main`` returns (right for a
+    process that is about to exit); in this process every later stage would then pay a new one
+    (TensorFlow, tf2onnx and onnxruntime imported again, ~5 s of CPU).  Here ``main`` leaves it
+    running, as the library calls do; it is stopped at the end of the session.
+    test_isolation.py::test_main_stops_its_forkserver checks the real ``_stop_children``.
+    """
+    from bnconvert.cli import main as cli
+
+    stop = cli._stop_children  # noqa: SLF001
+    cli._stop_children = lambda: None  # noqa: SLF001
+    try:
+        yield stop
+    finally:
+        cli._stop_children = stop  # noqa: SLF001
+        stop()
