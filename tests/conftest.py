@@ -105,3 +105,24 @@ def one_forkserver_per_session():
     finally:
         cli._stop_children = stop  # noqa: SLF001
         stop()
+
+
+@pytest.fixture
+def cli(capfd):
+    """``bnconvert ARGS`` through ``bnconvert.cli.main.main`` in this process (the session's
+    forkserver, no TensorFlow import per command): ``cli(*args)`` returns ``returncode``,
+    ``stdout`` and ``stderr`` — everything written to fds 1 and 2 meanwhile (``capfd``)."""
+    import types
+
+    from bnconvert.cli.main import main
+
+    def run(*args):
+        capfd.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors, as `sys.exit(main())` would exit
+            rc = e.code
+        out, err = capfd.readouterr()
+        return types.SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+    return run

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import onnx
@@ -25,20 +24,8 @@ def _subprocess(*args, timeout=600):
 
 
 @pytest.fixture
-def bnconvert(capfd):
-    """``bnconvert ARGS`` in this process: its exit code and everything written to fds 1 and 2."""
-    from bnconvert.cli.main import main
-
-    def run(*args):
-        capfd.readouterr()
-        try:
-            rc = main(list(args))
-        except SystemExit as e:  # argparse's usage errors, as `sys.exit(main())` would exit
-            rc = e.code
-        out, err = capfd.readouterr()
-        return types.SimpleNamespace(returncode=rc, stdout=out, stderr=err)
-
-    return run
+def bnconvert(cli):
+    return cli
 
 
 def test_fold_to_onnx_only_without_verification(tmp_path):
