@@ -126,3 +126,20 @@ def cli(capfd):
         return types.SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def frozen_heap():
+    """Collect, then freeze what this process holds (gc.freeze) before each test module.
+
+    This process imports TensorFlow, tf2onnx and onnxruntime: millions of objects that are never
+    garbage but that every full collection walks again (~0.3 s each here).  tf2onnx export in
+    this process collects before each of its ~24 optimizer passes (bnconvert.export.onnx
+    ._Collecting), so an in-process export_onnx spent ~7 s in gc.collect().  Frozen objects are
+    left out of collections (what bnconvert's stage children do, isolate._child); the
+    collection first means no garbage is frozen with them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield
