@@ -74,19 +74,29 @@ def run_batch(jobs: list[dict], env: dict, cwd: str, timeout: float) -> dict[str
 
 
 # ------------------------------------------------------------------------- the batch process
-def _run_captured(argv: list[str]) -> dict:
-    """``main(argv)`` as ``python -m bnconvert.cli.main`` runs it, fds 1 and 2 into files."""
+def run_captured(argv: list[str]) -> dict:
+    """``main(argv)`` as ``python -m bnconvert.cli.main`` runs it, in this process, with fds 1
+    and 2 (and ``sys.stdout``/``sys.stderr``, new streams on them configured like the
+    interpreter's own) sent to files: returns ``returncode``, ``stdout``, ``stderr`` (all that
+    was written there meanwhile) and ``peak`` (this process's peak RSS so far, bytes)."""
+    import io
     import resource
     import traceback
 
     from bnconvert.cli import main as cli
 
+    def stream(fd, like, **kw):
+        return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=like.encoding, errors=like.errors, **kw)
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
         saved = os.dup(1), os.dup(2)
+        old = sys.stdout, sys.stderr
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
+        sys.stdout = stream(1, sys.__stdout__)
+        sys.stderr = stream(2, sys.__stderr__, line_buffering=True)
         try:
             try:
                 rc = cli.main(argv)  # what `sys.exit(main())` exits with
@@ -95,12 +105,13 @@ def _run_captured(argv: list[str]) -> dict:
             except BaseException:  # noqa: BLE001 - an uncaught exception: traceback, exit status 1
                 traceback.print_exc()
                 rc = 1
-            for stream in (sys.stdout, sys.stderr):
+            for s in (sys.stdout, sys.stderr):
                 try:
-                    stream.flush()
+                    s.flush()
                 except (OSError, ValueError):
                     pass
         finally:
+            sys.stdout, sys.stderr = old
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
@@ -125,7 +136,7 @@ def _batch(jobs_path: str, results_path: str) -> int:
         for job in jobs:
             if job.get("fresh"):
                 isolate.shutdown()
-            results[job["name"]] = _run_captured(job["argv"])
+            results[job["name"]] = run_captured(job["argv"])
             with open(results_path + ".tmp", "w") as f:  # what finished survives a crash of a later case
                 json.dump(results, f)
             os.replace(results_path + ".tmp", results_path)
