@@ -94,7 +94,7 @@ def one_forkserver_per_session():
     process that is about to exit); in this process every later stage would then pay a new one
     (TensorFlow, tf2onnx and onnxruntime imported again, ~5 s of CPU).  Here ``main`` leaves it
     running, as the library calls do; it is stopped at the end of the session.
-    test_isolation.py::test_main_stops_its_forkserver checks the real ``_stop_children``.
+    tests/test_zz_forkserver_exit.py (run last) checks the real ``_stop_children``.
     """
     from bnconvert.cli import main as cli
 

@@ -53,33 +53,6 @@ def test_stage_result_and_errors_cross_the_boundary():
                           tf=False)
 
 
-def test_main_stops_its_forkserver(one_forkserver_per_session, monkeypatch, tmp_path, capsys):
-    """``bnconvert`` stops the forkserver when ``main`` returns (conftest keeps it for the other
-    in-process runs of the session: here the real ``_stop_children`` runs)."""
-    from multiprocessing import forkserver
-
-    from bnconvert.cli import main as cli
-
-    isolate.prestart()
-    pid = forkserver._forkserver._forkserver_pid  # noqa: SLF001
-    assert pid and os.path.exists(f"/proc/{pid}")
-    monkeypatch.setattr(cli, "_stop_children", one_forkserver_per_session)
-    assert cli.main(["fold", str(tmp_path / "missing.pb"), "-o", str(tmp_path / "out")]) == 2
-    assert "missing.pb" in capsys.readouterr().err
-    assert forkserver._forkserver._forkserver_pid is None  # noqa: SLF001
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # killed: gone (reaped) or a zombie
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-        except FileNotFoundError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the forkserver still runs")
-
-
 @pytest.mark.parametrize("target, kwargs, signame", [("ctypes:string_at", {"ptr": 0}, "SIGSEGV"),
                                                      ("os:abort", {}, "SIGABRT")])
 def test_crash_is_one_error_exit_3(target, kwargs, signame):
