@@ -84,3 +84,62 @@ def time_limit(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_forkserver_per_session():
+    """In-process ``main(argv)`` calls share the session's forkserver.
+
+    The command line stops bnconvert.isolate's forkserver when ``main`` returns (right for a
+    process that is about to exit); in this process every later stage would then pay a new one
+    (TensorFlow, tf2onnx and onnxruntime imported again, ~5 s of CPU).  Here ``main`` leaves it
+    running, as the library calls do; it is stopped at the end of the session.
+    tests/test_zz_forkserver_exit.py (run last) checks the real ``_stop_children``.
+    """
+    from bnconvert.cli import main as cli
+
+    stop = cli._stop_children  # noqa: SLF001
+    cli._stop_children = lambda: None  # noqa: SLF001
+    try:
+        yield stop
+    finally:
+        cli._stop_children = stop  # noqa: SLF001
+        stop()
+
+
+@pytest.fixture
+def cli(capfd):
+    """``bnconvert ARGS`` through ``bnconvert.cli.main.main`` in this process (the session's
+    forkserver, no TensorFlow import per command): ``cli(*args)`` returns ``returncode``,
+    ``stdout`` and ``stderr`` — everything written to fds 1 and 2 meanwhile (``capfd``)."""
+    import types
+
+    from bnconvert.cli.main import main
+
+    def run(*args):
+        capfd.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors, as `sys.exit(main())` would exit
+            rc = e.code
+        out, err = capfd.readouterr()
+        return types.SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+    return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def frozen_heap():
+    """Collect, then freeze what this process holds (gc.freeze) before each test module.
+
+    This process imports TensorFlow, tf2onnx and onnxruntime: millions of objects that are never
+    garbage but that every full collection walks again (~0.3 s each here).  tf2onnx export in
+    this process collects before each of its ~24 optimizer passes (bnconvert.export.onnx
+    ._Collecting), so an in-process export_onnx spent ~7 s in gc.collect().  Frozen objects are
+    left out of collections (what bnconvert's stage children do, isolate._child); the
+    collection first means no garbage is frozen with them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield

@@ -50,12 +50,12 @@ def test_bad_tolerances_and_selections_are_usage_errors(tmp_path, argv, what):
     assert not (tmp_path / "o").exists()
 
 
-def test_checkpoint_folder_given_as_dot_is_named_after_the_folder(tmp_path):
+def test_checkpoint_folder_given_as_dot_is_named_after_the_folder(cli, tmp_path, monkeypatch):
     ck = tmp_path / "ckpt_dense"
     shutil.copytree(os.path.join(FIXTURES, "ckpt_dense"), ck)
     out = tmp_path / "out"
-    p = subprocess.run(CLI + ["fold", ".", "-o", str(out), "--to", "pb", "--no-verify"], capture_output=True,
-                       text=True, cwd=ck, env=_env(), timeout=300)
+    monkeypatch.chdir(ck)  # the command in this process (conftest.cli), run from the checkpoint's folder
+    p = cli("fold", ".", "-o", str(out), "--to", "pb", "--no-verify")
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(out)) == ["ckpt_dense.folded.pb", "ckpt_dense.report.json"]
 

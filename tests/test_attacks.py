@@ -1,53 +1,35 @@
 """The attack corpus (tools/make_attacks.py, issue 14) through the real CLI.
 
-Each case runs ``python -m bnconvert.cli.main`` in its own subprocess with ``HOME`` set to an
-empty folder and the working directory a scratch folder, a few at a time.  For every case:
-the exit code; for a refusal, the single line ``bnconvert: error: …`` with the expected words;
-nothing written anywhere but the case's own output folder (the corpus folder — where every
-hostile write in the corpus points —, the scratch folder and HOME are listed before and after);
-the input's bytes unchanged; and for the memory bombs the child's peak RSS (``os.wait4``) under
-the budget.
+The cases not marked ``inproc`` run the command line (``bnconvert.cli.main.main(argv)``, what
+``python -m bnconvert.cli.main`` runs) in ONE separate process with ``HOME`` set to an empty
+folder and the working directory a scratch folder, one case after the other, fds 1 and 2
+captured per case (tests/_cli.py; a process per case spent most of its time importing
+TensorFlow).  For every case: the exit code; for a refusal, the single line ``bnconvert: error:
+…`` with the expected words; nothing written anywhere but the case's own output folder (the
+corpus folder — where every hostile write in the corpus points —, the scratch folder and HOME
+are listed before and after); the input's bytes unchanged; and for the memory bombs the peak
+RSS under the budget (the batch process's peak when the case ended, so never less than the
+case's own: the bombs run first).
 """
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import json
 import os
 import resource
-import stat
-import subprocess
 import sys
-import tempfile
 
 import pytest
+
+from _cli import listing, run_batch, sha256
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_attacks  # noqa: E402
 
-CLI = [sys.executable, "-m", "bnconvert.cli.main"]
-TIMEOUT = 240
+TIMEOUT = 900  # the whole batch (it was 240 s per case)
 #: peak RSS allowed for the bomb cases: far under the default budget (min(8 GiB, RAM/2)); TensorFlow
 #: alone takes ~0.7 GiB
 BOMB_PEAK = 2 << 30
-
-
-def sha256(path: str | None) -> str | None:
-    if path is None or not os.path.lexists(path):
-        return None
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        return "not a regular file"
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def listing(folder: str) -> list[str]:
-    out = []
-    for base, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            out.append(os.path.relpath(os.path.join(base, name), folder))
-    return sorted(out)
 
 
 @pytest.fixture(scope="module")
@@ -67,45 +49,17 @@ def corpus(tmp_path_factory):
         jobs[case["name"]] = (case, out, argv)
     before = {name: sha256(case["input"]) for name, (case, _, _) in jobs.items()}
     corpus_before, home_before, scratch_before = listing(folder), listing(home), listing(scratch)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = {name: pool.submit(_run_peak, argv, home, scratch) for name, (_, _, argv) in jobs.items()}
-        results = {name: f.result() for name, f in futures.items()}
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_HOME", "BNCONVERT_MAX_MEMORY")}
+    env.update(HOME=home, TF_CPP_MIN_LOG_LEVEL="3", TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
+    order = sorted(jobs, key=lambda name: not jobs[name][0]["bomb"])  # bombs first: their peak is theirs
+    procs = run_batch([{"name": name, "argv": jobs[name][2]} for name in order], env=env, cwd=scratch, timeout=TIMEOUT)
+    results = {name: {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr, "peak": p.peak}
+               for name, p in procs.items()}
     for name, (case, out, argv) in jobs.items():
         results[name].update(case=case, argv=argv, out=out, hash_before=before[name], hash_after=sha256(case["input"]))
     return {"folder": folder, "outs": outs, "cases": {c["name"]: c for c in cases}, "results": results, "corpus_before": corpus_before, "corpus_after": listing(folder),
             "home_before": home_before, "home_after": listing(home), "scratch_before": scratch_before,
             "scratch_after": listing(scratch)}
-
-
-def _run_peak(argv, home, cwd):
-    """:func:`_run` with the peak RSS taken from ``os.wait4`` of that very child."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_HOME", "BNCONVERT_MAX_MEMORY")}
-    env.update(HOME=home, TF_CPP_MIN_LOG_LEVEL="3", TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(CLI + [os.fsencode(a) for a in argv], stdout=out, stderr=err, env=env, cwd=cwd)
-        try:
-            _, status, usage = _wait4(p.pid, TIMEOUT)
-        except TimeoutError:
-            p.kill()
-            _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return {"rc": p.returncode, "stdout": out.read().decode(errors="replace"),
-                "stderr": err.read().decode(errors="replace"), "peak": usage.ru_maxrss * 1024}
-
-
-def _wait4(pid: int, timeout: float):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        got, status, usage = os.wait4(pid, os.WNOHANG)
-        if got == pid:
-            return got, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,48 +1,28 @@
 """Bad inputs through the real CLI: exit code 2, one line ``bnconvert: error: …`` naming the file
 (and the node where there is one), no traceback, nothing written, the input's bytes unchanged.
 
-The corpus comes from tools/make_bad_inputs.py.  Each case runs ``python -m
-bnconvert.cli.main`` in its own subprocess; the subprocesses run a few at a time (each spends
-most of its ~5 s importing TensorFlow), once per module, and the tests check their results.
+The corpus comes from tools/make_bad_inputs.py.  Every case runs the command line
+(``bnconvert.cli.main.main(argv)``, what ``python -m bnconvert.cli.main`` runs) in ONE separate
+process, one case after the other with everything it writes to fds 1 and 2 captured per case
+(tests/_cli.py: a process per case spent most of its ~5 s importing TensorFlow); ``--debug``
+runs last, with a forkserver of its own.  Once per module; the tests check the results.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from _cli import listing, run_batch, sha256
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_bad_inputs  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
-CLI = [sys.executable, "-m", "bnconvert.cli.main"]
-TIMEOUT = 180
-
-
-def sha256(path: str | None) -> str | None:
-    if path is None or not os.path.exists(path):
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def listing(folder: str) -> list[str]:
-    """Every file and folder under ``folder`` (relative paths), hidden ones included."""
-    out = []
-    for base, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            out.append(os.path.relpath(os.path.join(base, name), folder))
-    return sorted(out)
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + argv, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=TIMEOUT)
+TIMEOUT = 600  # the whole batch (it was 180 s per case)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +47,9 @@ def corpus(tmp_path_factory):
 
     before = {name: (sha256(case["input"]), listing(out)) for name, (case, out, _) in jobs.items()}
     corpus_before = listing(folder)
-    workers = max(2, min(4, os.cpu_count() or 2))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(_run, argv) for name, (_, _, argv) in jobs.items()}
-        procs = {name: f.result() for name, f in futures.items()}
+    # --debug last and with a fresh forkserver: it sets BNCONVERT_DEBUG, which the children read
+    procs = run_batch([{"name": name, "argv": argv, "fresh": name == "debug"} for name, (_, _, argv) in jobs.items()],
+                      env=ENV, cwd=ROOT, timeout=TIMEOUT)
     results = {}
     for name, (case, out, argv) in jobs.items():
         results[name] = {"case": case, "argv": argv, "proc": procs[name], "out": out,

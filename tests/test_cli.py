@@ -1,4 +1,8 @@
-"""The real `bnconvert` command: formats, --no-verify, inspect, verify (incl. a corrupted ONNX)."""
+"""The real `bnconvert` command: formats, --no-verify, inspect, verify (incl. a corrupted ONNX).
+
+The first test runs ``python -m bnconvert.cli.main`` as a process of its own; the others call
+its ``main(argv)`` in this process with fds 1 and 2 captured (``capfd``), sharing the session's
+forkserver instead of importing TensorFlow again per command."""
 import json
 import os
 import subprocess
@@ -6,6 +10,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from conftest import FIXTURES
@@ -13,13 +18,18 @@ from conftest import FIXTURES
 MODEL = os.path.join(FIXTURES, "mnist_mlp_contrib_fused.pb")
 
 
-def bnconvert(*args, timeout=600):
+def _subprocess(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "bnconvert.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
+@pytest.fixture
+def bnconvert(cli):
+    return cli
+
+
 def test_fold_to_onnx_only_without_verification(tmp_path):
-    p = bnconvert("fold", MODEL, "-o", str(tmp_path), "--to", "onnx", "--no-verify")
+    p = _subprocess("fold", MODEL, "-o", str(tmp_path), "--to", "onnx", "--no-verify")
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(tmp_path)) == ["mnist_mlp_contrib_fused.onnx", "mnist_mlp_contrib_fused.report.json"]
     rep = json.load(open(tmp_path / "mnist_mlp_contrib_fused.report.json"))
@@ -28,7 +38,7 @@ def test_fold_to_onnx_only_without_verification(tmp_path):
     assert "runtime" not in p.stdout  # no verification table
 
 
-def test_fold_prints_tables_and_json(tmp_path):
+def test_fold_prints_tables_and_json(bnconvert, tmp_path):
     p = bnconvert("fold", MODEL, "-o", str(tmp_path), "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
@@ -42,7 +52,7 @@ def test_fold_prints_tables_and_json(tmp_path):
     assert "tf:folded" in p3.stdout and "PASS" in p3.stdout and "batch norms: 2 found, 2 folded" in p3.stdout
 
 
-def test_no_fold_keeps_scale_shift(tmp_path):
+def test_no_fold_keeps_scale_shift(bnconvert, tmp_path):
     p = bnconvert("fold", MODEL, "-o", str(tmp_path), "--no-fold", "--to", "pb,onnx", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
@@ -50,7 +60,7 @@ def test_no_fold_keeps_scale_shift(tmp_path):
     assert all(v["ok"] for v in rep["verification"].values())
 
 
-def test_inspect_explains_and_writes_nothing(tmp_path):
+def test_inspect_explains_and_writes_nothing(bnconvert, tmp_path):
     import shutil
 
     m = tmp_path / "m.pb"
@@ -66,7 +76,7 @@ def test_inspect_explains_and_writes_nothing(tmp_path):
     assert "scale_shift" in p.stdout and "also feeds" in p.stdout
 
 
-def test_verify_detects_a_corrupted_onnx_weight(tmp_path):
+def test_verify_detects_a_corrupted_onnx_weight(bnconvert, tmp_path):
     p = bnconvert("fold", MODEL, "-o", str(tmp_path), "--to", "onnx", "--no-verify")
     assert p.returncode == 0, p.stderr
     path = tmp_path / "mnist_mlp_contrib_fused.onnx"
@@ -87,7 +97,7 @@ def test_verify_detects_a_corrupted_onnx_weight(tmp_path):
     assert len(err) == 1 and err[0].startswith("bnconvert: error:") and "bad.onnx" in err[0] and "max abs error" in err[0]
 
 
-def test_verify_a_tflite_and_a_pb(tmp_path):
+def test_verify_a_tflite_and_a_pb(bnconvert, tmp_path):
     p = bnconvert("fold", MODEL, "-o", str(tmp_path), "--to", "pb,tflite", "--no-verify")
     assert p.returncode == 0, p.stderr
     for f, runtime in (("mnist_mlp_contrib_fused.tflite", "tflite"), ("mnist_mlp_contrib_fused.folded.pb", "tf:converted")):
@@ -96,7 +106,7 @@ def test_verify_a_tflite_and_a_pb(tmp_path):
         assert json.loads(v.stdout)[runtime]["ok"] is True
 
 
-def test_usage_errors_are_one_line_exit_2(tmp_path):
+def test_usage_errors_are_one_line_exit_2(bnconvert, tmp_path):
     p = bnconvert("fold", MODEL, "--to", "pb,keras", "-o", str(tmp_path))
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("bnconvert: error: --to")
     p = bnconvert("fold", MODEL, "--set", "phase", "-o", str(tmp_path))

@@ -75,10 +75,9 @@ def test_timeout_kills_the_child_and_its_group(tmp_path):
 
 # ------------------------------------------------------------------ through the CLI
 
-def test_hang_times_out_cleanly(hang_pb, tmp_path):
+def test_hang_times_out_cleanly(cli, hang_pb, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.run(CLI + ["fold", hang_pb, "-o", str(out), "--outputs", "out:0", "--to", "pb", "--timeout", "5"],
-                       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    p = cli("fold", hang_pb, "-o", str(out), "--outputs", "out:0", "--to", "pb", "--timeout", "5")  # in process
     assert p.returncode == 2, p.stderr
     assert p.stderr.splitlines() == [f"bnconvert: error: {hang_pb}: TensorFlow (original graph) ran longer than "
                                      "the 5 s timeout and was stopped (--timeout to allow more)"], p.stderr

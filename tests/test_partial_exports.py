@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,8 +17,6 @@ import pytest
 import bnconvert
 from bnconvert.errors import UnsupportedError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
 
 
 def _bn(tf, y, rng, c):
@@ -64,9 +60,8 @@ def free_shape_pb(tmp_path_factory):
     return str(path)
 
 
-def test_default_formats_skip_what_tflite_cannot_convert(det_pb, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "bnconvert.cli.main", "fold", det_pb, "-o", str(tmp_path)],
-                       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+def test_default_formats_skip_what_tflite_cannot_convert(cli, det_pb, tmp_path):
+    p = cli("fold", det_pb, "-o", str(tmp_path))  # the command in this process, fds 1 and 2 captured
     assert p.returncode == 0, p.stderr
     assert p.stderr.startswith("bnconvert: warning: tflite skipped: the TFLite converter failed: "), p.stderr
     assert len(p.stderr.splitlines()) == 1, p.stderr

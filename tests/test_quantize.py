@@ -2,8 +2,6 @@
 calibration from .npz / random, a broken quantization that verification rejects (exit 1)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +13,15 @@ CONV = os.path.join(FIXTURES, "mnist_conv.pb")
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """One real `bnconvert fold … --quantize int8 --calibration mnist --json` run, shared."""
+    """One real `bnconvert fold … --quantize int8 --calibration mnist --json` run, shared (its
+    ``main`` in this process, fds 1 and 2 captured: tests/_cli.py)."""
+    import types
+
+    from _cli import run_captured
+
     out = tmp_path_factory.mktemp("int8")
-    p = subprocess.run([sys.executable, "-m", "bnconvert.cli.main", "fold", CONV, "-o", str(out), "--quantize", "int8",
-                        "--calibration", "mnist", "--json"], capture_output=True, text=True, timeout=600)
-    return p, out
+    r = run_captured(["fold", CONV, "-o", str(out), "--quantize", "int8", "--calibration", "mnist", "--json"])
+    return types.SimpleNamespace(returncode=r["returncode"], stdout=r["stdout"], stderr=r["stderr"]), out
 
 
 def test_cli_writes_verified_int8_files(cli_run):

@@ -2,22 +2,21 @@
 user sees: tf2onnx's own export (training flag kept as an input, static batch), a graph whose
 output is dead on random inputs (inconclusive), failures that print their tables."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import bnconvert
 from bnconvert.errors import InputError, VerificationError
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES
 
 MLP = os.path.join(FIXTURES, "mnist_mlp_contrib_fused.pb")
 
 
-def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "bnconvert.cli.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture
+def _cli(cli):
+    """The command, in this process (conftest.cli)."""
+    return lambda *args, timeout=None: cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_tf2onnx_export_with_the_flag_as_input_verifies(tf2onnx_exports):
     assert v["inputs"]["samples"] == 8
 
 
-def test_static_batch_onnx_gets_runs_of_its_batch(tf2onnx_exports, tmp_path):
+def test_static_batch_onnx_gets_runs_of_its_batch(_cli, tf2onnx_exports, tmp_path):
     res = bnconvert.compare(MLP, tf2onnx_exports["static4"], save_io=str(tmp_path / "io"))
     v = res["onnx:CPUExecutionProvider"]
     assert v["ok"], v
@@ -99,7 +98,7 @@ def _dead_relu_pb(path):
         f.write(g.as_graph_def().SerializeToString())
 
 
-def test_dead_relu_output_is_inconclusive_never_pass(tmp_path):
+def test_dead_relu_output_is_inconclusive_never_pass(_cli, tmp_path):
     import json
 
     pb = str(tmp_path / "dead.pb")
@@ -118,7 +117,7 @@ def test_dead_relu_output_is_inconclusive_never_pass(tmp_path):
     assert v["outputs"][0]["ref_max"] == 0 and rep["verification_inputs"]["samples"] == 8
 
 
-def test_failed_verify_prints_tables_then_the_error(tf2onnx_exports, tmp_path):
+def test_failed_verify_prints_tables_then_the_error(_cli, tf2onnx_exports, tmp_path):
     import onnx
     from onnx import numpy_helper
 
@@ -141,7 +140,7 @@ def test_failed_verify_prints_tables_then_the_error(tf2onnx_exports, tmp_path):
     assert "verification failed" in p.stderr and "layer bn2" in p.stderr
 
 
-def test_unusable_cuda_provider_is_refused_before_any_work(tmp_path):
+def test_unusable_cuda_provider_is_refused_before_any_work(_cli, tmp_path):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
