@@ -176,16 +176,33 @@ def _tf2onnx(graph_def, inputs: list[str], outputs: list[str], opset: int, shape
     try:
         from tf2onnx import optimizer, tf_loader, tfonnx
 
-        steps = (tf_loader.tf_optimize, tfonnx.process_tf_graph, optimizer.optimize_graph)
+        lean = all(callable(f) for f in (tf_loader.tf_optimize, tfonnx.process_tf_graph, optimizer.optimize_graph))
     except (ImportError, AttributeError):
-        steps = None
-    if steps is None:
+        lean = False
+    if not lean:
         with _lean_optimizers():
             return tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
                                                   opset=opset, shape_override=shape_override)[0]
     from bnconvert.tfproto import tf as _tf
 
     tf = _tf()
+    # what exists now (TensorFlow's modules: millions of objects) is no garbage of this
+    # conversion: frozen, each of the optimizers' collections costs what the conversion allocated
+    # (0.3 s each otherwise, ~25 of them); a stage child is frozen already (isolate._child)
+    thaw = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        return _tf2onnx_steps(tf, graph_def, inputs, outputs, opset, shape_override)
+    finally:
+        if thaw:
+            gc.unfreeze()
+
+
+def _tf2onnx_steps(tf, graph_def, inputs, outputs, opset, shape_override):
+    import gc
+
+    from tf2onnx import optimizer, tf_loader, tfonnx
+
     with tf.device("/cpu:0"), tf.Graph().as_default():  # grappler's meta graph needs graph mode
         frozen = tf_loader.tf_optimize(list(inputs), list(outputs), graph_def)
     with tf.Graph().as_default() as tf_graph:
