@@ -970,7 +970,7 @@ def render(res: dict, meta: dict) -> str:
          + f"; conversions stopped after {meta['timeout']:.0f} s (from {LARGE} BN layers: after "
            f"{CAP_FACTOR}× bnconvert's time, at least {CAP_MIN:.0f} s); latency: up to {meta['runs']} runs per model",
          "- at real size (a 100 MB ResNet-50 against tf2onnx's CLI, child-process costs): "
-         "docs/BENCHMARKS_REAL_SIZE.md (`tools/bench_real.py`)",
+         "docs/BENCHMARKS_REAL_SIZE.md (`tools/bench_real.py`; ResNet-50, Inception-v3, DenseNet-121, memory vs model size, latency against tf2onnx; the memory design in docs/MEMORY.md)",
          "", "## Targets", "", targets_md(res, meta), ""]
     L += graphs_md(res)
     L += stages_md(res)

@@ -468,46 +468,49 @@ def _run_tflite_child(path, feeds, outputs, want_intermediates=False):
 
 
 def run_tflite_layers(path, runs: list[dict], outputs: list[str], layer_rows: int | None = None,
-                      prefix: str = "") -> list[dict]:
+                      prefix: str = "", only: list[str] | None = None) -> list[dict]:
     """The .tflite on every feed dict of ``runs`` in one child process: the outputs, plus every
-    intermediate tensor (keyed ``prefix + TFLite name``) cut to ``layer_rows`` rows per run."""
+    intermediate tensor (keyed ``prefix + TFLite name``; only those named in ``only``, if given)
+    cut to ``layer_rows`` rows per run."""
     from bnconvert import isolate
 
     if isinstance(path, str) and not os.path.isfile(path):
         raise InputError(f"no such TFLite model: {path}")
     return isolate.run_stage("the TFLite interpreter", "bnconvert.verify.runners:run_tflite_layers_here",
                              dict(path=os.fspath(path), runs=runs, outputs=list(outputs), layer_rows=layer_rows,
-                                  prefix=prefix))
+                                  prefix=prefix, only=None if only is None else list(only)))
 
 
-def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix=""):
+def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix="", only=None):
     """:func:`run_tflite_layers` in this process.
 
     When the layer tensors are cut to ``layer_rows`` rows and the model takes a smaller batch,
     the outputs come from a plain run of the whole batch and the layer tensors from a run of
     the first rows (an interpreter that keeps every tensor holds them all at once)."""
+    keep = None if only is None else set(only)
     results = []
     for f in runs:
         inter: dict = {}
         if layer_rows is not None and _rows(f) > layer_rows:
             got = run_tflite_here(path, f, outputs)
             try:
-                run_tflite_here(path, _head(f, layer_rows), outputs, intermediates=inter)
+                run_tflite_here(path, _head(f, layer_rows), outputs, intermediates=inter, only=keep)
             except InputError:  # a fixed batch: every tensor of the whole batch, then cut
                 inter = {}
-                run_tflite_here(path, f, outputs, intermediates=inter)
+                run_tflite_here(path, f, outputs, intermediates=inter, only=keep)
         else:
-            got = run_tflite_here(path, f, outputs, intermediates=inter)
+            got = run_tflite_here(path, f, outputs, intermediates=inter, only=keep)
         got.update(trim_rows({prefix + k: v for k, v in inter.items()}, (), layer_rows))
         results.append(got)
     return results
 
 
 def run_tflite_here(path, feeds: dict[str, np.ndarray], outputs: list[str], mapping: dict | None = None,
-                    intermediates: dict | None = None) -> dict[str, np.ndarray]:
+                    intermediates: dict | None = None, only: set | None = None) -> dict[str, np.ndarray]:
     """Run a .tflite model (path or bytes). TF names are matched to TFLite names by name, else
     by position: pass ``feeds`` and ``outputs`` in the order used at export. If ``mapping`` is a
-    dict it receives the mapping used (see :func:`tflite_name_map`).
+    dict it receives the mapping used (see :func:`tflite_name_map`).  ``intermediates``, if a
+    dict, receives every op output by TFLite name (only those named in ``only``, if given).
     """
     interp = tflite_interpreter(path, preserve_all=intermediates is not None)
     names = tflite_name_map(interp, list(feeds), list(outputs))
@@ -548,6 +551,6 @@ def run_tflite_here(path, feeds: dict[str, np.ndarray], outputs: list[str], mapp
         details = {d["index"]: d["name"] for d in interp.get_tensor_details()}
         for op in interp._get_ops_details():
             for i in op["outputs"]:
-                if i in details:
+                if i in details and (only is None or details[i] in only):
                     intermediates[details[i]] = np.array(interp.get_tensor(i))
     return {o: np.array(interp.get_tensor(out_details[names["outputs"][o]]["index"])) for o in outputs}
