@@ -14,9 +14,10 @@ user's graph.  Decisions:
   the value the graph holds (within an ulp of TensorFlow's kernel); what follows it in the
   chain is evaluated in float64.
 * **FakeQuant** (``...WithMinMaxArgs``, ``...WithMinMaxVars``, ``...PerChannel``) of a constant
-  is a constant; it is computed in float32 exactly as TensorFlow's kernel does (nudged range,
+  is a constant; it is computed in float32 with TensorFlow's kernel's formula (nudged range,
   ``floor(x * inv_scale + 0.5)``), because rounding ties decide which grid point a weight
-  lands on.
+  lands on: the same grid points as TensorFlow, values within one float32 ulp (of the range) of its kernel's
+  (``tests/test_consteval_vs_tf.py``; its final multiply-add rounds differently now and then).
 * Elementwise arithmetic, ``Cast``, ``Identity``, ``Reshape``, ``Squeeze``, ``ExpandDims``,
   ``Fill``, ``Pack``, ``ConcatV2``, ``Tile``, ``Transpose``, reductions, ``Range``, ``Slice``,
   ``GatherV2``, ``Shape`` of constants ... are numpy one-liners.
@@ -196,6 +197,12 @@ def _dequantize(node, g, q, min_range, max_range):
     return out.astype(_np_dtype(node_attr(node, "dtype", ops.DT.FLOAT)))
 
 
+def _trunc_div(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q)
+
+
 def _round_away(v):
     """``std::round``: halves away from zero (numpy's ``round`` goes to even)."""
     v = np.asarray(v)
@@ -282,7 +289,8 @@ CONST_OPS = {
     "Sub": _keep_dtype(np.subtract),
     "Mul": _keep_dtype(np.multiply),
     "RealDiv": _keep_dtype(np.divide),
-    "Div": _keep_dtype(lambda a, b: np.floor_divide(a, b) if np.asarray(a).dtype.kind in "iu" else np.divide(a, b)),
+    # TensorFlow's Div of integers is C++ division: toward zero (FloorDiv is the flooring one)
+    "Div": _keep_dtype(lambda a, b: _trunc_div(a, b) if np.asarray(a).dtype.kind in "iu" else np.divide(a, b)),
     "Pow": _keep_dtype(np.power),
     "SquaredDifference": _keep_dtype(lambda a, b: np.square(np.subtract(a, b))),
     "Maximum": _keep_dtype(np.maximum),
