@@ -74,7 +74,7 @@ TESTS = {
     "fold": _CORE,
     "inference": ["tests/test_inference.py"] + _CORE,
     "graph": ["tests/test_match.py", "tests/test_inference.py"] + _CORE,
-    "consteval": ["tests/test_match.py", "tests/test_inference.py"] + _CORE,
+    "consteval": ["tests/test_consteval_vs_tf.py", "tests/test_match.py", "tests/test_inference.py"] + _CORE,
 }
 DEFAULT_TESTS = ["tests/test_arith.py", "tests/test_match.py", "tests/test_inference.py"] + _CORE
 SELF_TEST = "tests/test_mutation_tool.py"
