@@ -86,18 +86,12 @@ def match_names(wanted: list[str], available: list[str], what: str, by_order: bo
 
 def run_tf(graph, feeds: dict[str, np.ndarray], outputs: list[str], flags: dict[str, bool] | None = None,
            allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow") -> dict[str, np.ndarray]:
-    """:func:`run_tf_here` in a child process. ``graph``: a GraphDef, a :class:`~bnconvert.load.Model`
-    or the path of a binary GraphDef (passed to the child as that file)."""
-    from bnconvert import isolate
-
-    if hasattr(graph, "node"):
-        check_safe(graph, allow_unsafe=allow_unsafe, what=what)
-    elif hasattr(graph, "graph_def"):
-        check_safe(graph.graph_def, allow_unsafe=allow_unsafe, what=what)
-    with isolate.graph_file(graph) as src:
-        return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_here",
-                                 dict(graph_def=src, feeds=feeds, outputs=list(outputs), flags=flags,
-                                      allow_unsafe=allow_unsafe, what=what))
+    """:func:`run_tf_here` in a child process: one run of :func:`run_tf_many`, nothing cut.
+    ``graph``: a GraphDef, a :class:`~bnconvert.load.Model` or the path of a binary GraphDef
+    (passed to the child as that file)."""
+    results, _ = run_tf_many(graph, [feeds], outputs, flags=flags, allow_unsafe=allow_unsafe, what=what,
+                             stage=stage, layer_rows=None)
+    return results[0]
 
 
 #: layer tensors (whatever is fetched besides the outputs) a runtime sends back for all runs
