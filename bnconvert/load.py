@@ -118,7 +118,9 @@ def _read_bytes(path: str) -> bytes:
             raise InputError(f"{path}: not a regular file; refusing to read it")
         with os.fdopen(fd, "rb") as f:
             fd = None
-            return f.read(MAX_PROTO_BYTES + 1)
+            # read(n) allocates n bytes up front: ask for the file's size, not the 2 GiB limit (a
+            # stage child's data segment is capped by the memory budget, bnconvert.isolate)
+            return f.read(min(os.fstat(f.fileno()).st_size, MAX_PROTO_BYTES) + 1)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from e
     finally:

@@ -166,7 +166,26 @@ def test_load_max_memory_names_the_constant(tmp_path):
     p = os.path.join(FIXTURES, "fused_v3_conv.pb")
     with pytest.raises(InputError, match=r"constant '.*' decodes to .*over the memory budget of 100 bytes"):
         bnconvert.load(p, max_memory=100)
-    assert bnconvert.load(p, max_memory="1G").graph_def.node
+    try:
+        assert bnconvert.load(p, max_memory="1G").graph_def.node
+    finally:
+        from bnconvert import budget
+
+        budget.configure(None)  # max_memory= sets the process-wide budget: not for the next tests
+
+
+def test_a_whole_conversion_fits_a_small_memory_budget(tmp_path):
+    """--max-memory caps every stage child's data segment: a small model still converts and
+    verifies under 300 MiB (the loader once asked read() for a 2 GiB buffer and failed)."""
+    import subprocess
+    import sys
+
+    model = os.path.join(FIXTURES, "mnist_conv.pb")
+    p = subprocess.run([sys.executable, "-m", "bnconvert.cli.main", "fold", model, "-o", str(tmp_path / "o"),
+                        "--max-memory", "300M", "-q"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(tmp_path / "o")) == ["mnist_conv.folded.pb", "mnist_conv.onnx", "mnist_conv.report.json",
+                                                  "mnist_conv.tflite"]
 
 
 def test_npz_headers_are_checked_before_loading(tmp_path):
