@@ -106,13 +106,6 @@ def graph_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = No
     return make_samples(declared, placeholder_dtypes(graph_def, inputs), inputs, shapes, vopts, fixed_batch)
 
 
-def run_many(fn, runs: list[dict]) -> dict:
-    """``fn(feeds)`` on every run, outputs joined along the batch axis."""
-    from .inputs import concat_runs
-
-    return concat_runs([fn(f) for f in runs])
-
-
 def check_providers(providers) -> None:
     """Refuse an unusable onnxruntime provider before any work (one line, exit 2)."""
     if "cuda" not in tuple(providers or ()):
@@ -520,7 +513,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     from ..load import load
     from .inputs import concat_runs
     from .layers import fold_changed, layer_probes
-    from .runners import onnx_runtime_label, run_tf, run_tf_many
+    from .runners import onnx_runtime_label, run_tf_many
 
     if not os.path.exists(converted):
         raise InputError(f"{converted}: no such file or directory")
@@ -564,9 +557,10 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
                 results, _ = run_tf_many(conv.graph_def, runs, fetch, flags=present, allow_unsafe=allow_unsafe,
                                          what=converted, n_outputs=len(outs), layer_rows=rows)
                 got = concat_runs(results)
-            except BNConvertError:
-                got = run_many(lambda f: run_tf(conv.graph_def, f, outs, flags=present, allow_unsafe=allow_unsafe,
-                                                what=converted), runs)
+            except BNConvertError:  # the layers cannot be fetched: the outputs alone, still one child
+                results, _ = run_tf_many(conv.graph_def, runs, outs, flags=present, allow_unsafe=allow_unsafe,
+                                         what=converted, layer_rows=None)
+                got = concat_runs(results)
             return got, lambda p: next((t for t in (p.candidate, p.original) if t in got), None)
         entries.append(("tf:converted", converted, tf_conv))
     result = compare_runs(ref, lref, probes, skipped + notes, entries, tol, info, note=fed_note, either=True)
