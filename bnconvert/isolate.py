@@ -409,7 +409,7 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
 
         msg = ("ok", result, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), records)
     except BNConvertError as e:
-        msg = ("err", type(e).__module__, type(e).__name__, e.message, e.exit_code)
+        msg = _error_message(e)
     except MemoryError:
         # the data segment is capped at the memory budget (_limit_data): an allocation beyond it
         # (a constant computed while folding, a converter's buffers) is the budget's refusal
@@ -417,14 +417,13 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         from .errors import InputError
 
         what = stage[0].upper() + stage[1:]
-        msg = ("err", InputError.__module__, "InputError",
-               f"{what} needs more memory than the budget of {human(limit())} (--max-memory to allow more)", 2)
+        msg = _error_message(InputError(f"{what} needs more memory than the budget of {human(limit())} "
+                                        "(--max-memory to allow more)"))
     except ImportError as e:
         from .errors import missing_dependency
 
         dep = missing_dependency(e)
-        msg = (("err", type(dep).__module__, type(dep).__name__, dep.message, dep.exit_code) if dep is not None
-               else ("exc", type(e).__name__, " ".join(str(e).split())[:300]))
+        msg = _error_message(dep) if dep is not None else ("exc", type(e).__name__, " ".join(str(e).split())[:300])
     except KeyboardInterrupt:
         msg = ("interrupt",)
     except BaseException as e:  # noqa: BLE001 - everything else is an internal error, one line
@@ -439,6 +438,11 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
         conn.send(("exc", type(e).__name__, " ".join(str(e).split())[:300]))
     conn.close()
     os._exit(0)  # skip TensorFlow's teardown: nothing is left to flush
+
+
+def _error_message(e: BNConvertError) -> tuple:
+    """The pipe message of a :class:`BNConvertError` (rebuilt by :func:`_unpack`)."""
+    return ("err", type(e).__module__, type(e).__name__, e.message, e.exit_code)
 
 
 def _capture_logs() -> list:
