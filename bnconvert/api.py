@@ -204,6 +204,9 @@ def _check_options(options: dict) -> dict:
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
                               or v < 0):
             raise InputError(f"{key}: expected a non-negative number, got {_type(v)}")
+    j = out.get("jobs")
+    if j is not None and (isinstance(j, bool) or not isinstance(j, numbers.Integral) or j < 1):
+        raise InputError(f"jobs: expected a positive integer (stages run at once), got {_type(j)}")
     if out.get("data") is not None and not isinstance(out["data"], (str, os.PathLike)):
         raise InputError(f"data: expected the path of an .npz file, got {_type(out['data'])}")
     if "layer_budget" in out and out["layer_budget"] < 1:
@@ -345,7 +348,8 @@ def convert(model, outdir: str | None = None, **options) -> Report:
     ``options`` are the CLI's (see :mod:`bnconvert.options`): ``to``, ``verify``, ``force``,
     ``inputs``, ``outputs``, ``set_flags``, ``mode``, ``only``, ``opset``, ``batch``,
     ``input_shapes``, ``data``, ``providers``, ``atol``, ``rtol``, ``allow_unsafe``, ``seed``,
-    ``max_memory``, ``layer_budget`` (bytes of layer tensors each runtime keeps for the
+    ``max_memory``, ``jobs`` (child stages run at once; default: what the CPUs and the free
+    memory allow, one with ``max_memory``: :mod:`bnconvert.schedule`), ``layer_budget`` (bytes of layer tensors each runtime keeps for the
     layer-by-layer comparison, default 64 MiB; beyond it the layers are compared on the first
     rows of each run, the outputs always on every sample).  Nothing is left behind on failure; when verification fails the files are written and
     :class:`VerificationError` (exit code 1, ``.report`` attached) is raised.

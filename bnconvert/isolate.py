@@ -52,6 +52,11 @@ _PRELOAD_TF = ["tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert.i
 _PRELOAD_LIGHT = ["numpy", "onnxruntime", "bnconvert.verify.runners"]
 
 _state = {"ctx": None, "timeout": DEFAULT_TIMEOUT, "scratch": None}
+#: starting a child hides ``__main__`` and sets PYTHONPATH for a moment (process-wide state):
+#: stages run from several threads (:mod:`bnconvert.schedule`) start their children one at a time
+_start_lock = threading.Lock()
+#: per thread: the event that cancels the stage this thread waits on (set by bnconvert.schedule)
+_local = threading.local()
 #: stage → peak resident memory of its child in MiB (the last run of each stage); the
 #: conversion copies it into ``report.memory`` so benchmarks can say where the memory goes
 peaks: dict[str, float] = {}
@@ -65,6 +70,12 @@ class StageCrashed(BNConvertError):
 
 class StageTimeout(BNConvertError):
     """A child stage ran longer than the timeout and was killed."""
+
+
+class Cancelled(BaseException):
+    """The stage was stopped because a stage running beside it failed or the run was
+    interrupted (:func:`bnconvert.schedule.parallel`); its child is killed.  Not an error of
+    its own: the failure that caused it is the one reported."""
 
 
 class GraphFile:
@@ -104,7 +115,7 @@ def prestart(tf: bool = True) -> None:
     _context(tf)
     from multiprocessing import forkserver
 
-    with _caller_main_hidden():
+    with _start_lock, _caller_main_hidden():
         forkserver.ensure_running()
 
 
@@ -258,12 +269,15 @@ def run_stage(stage: str, target: str, kwargs: dict, tf: bool = True, timeout: f
     proc = ctx.Process(target=_child, args=(writer, stage, target, kwargs, os.getpid(), budget.limit()), daemon=True,
                        name=f"bnconvert {stage}")
     msg = None
+    cancel = getattr(_local, "cancel", None)
     try:
-        with _caller_main_hidden():
+        with _start_lock, _caller_main_hidden():
             proc.start()
         writer.close()
         deadline = time.monotonic() + timeout
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(stage)
             if reader.poll(_POLL_S):
                 with contextlib.suppress(EOFError, OSError):
                     msg = reader.recv()

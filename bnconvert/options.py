@@ -91,6 +91,9 @@ class ConvertOptions:
     max_memory: int | str | None = None
     #: seconds one child stage (TF run, converter, runtime) may take; bnconvert.isolate
     timeout: float = 600.0
+    #: child stages run at once (the converters, the verification runtimes); None: as many as
+    #: the CPUs and the available memory allow, 1 with a memory budget (bnconvert.schedule)
+    jobs: int | None = None
 
     _GROUPS = ("analysis", "fold", "export", "verify", "quantize")
 
@@ -103,7 +106,7 @@ class ConvertOptions:
                 opts.export.explicit_to = True
             if key == "to" and value is None:
                 continue
-            if key in ("force", "allow_unsafe", "timeout", "max_memory"):
+            if key in ("force", "allow_unsafe", "timeout", "max_memory", "jobs"):
                 if key == "timeout" and value is None:
                     continue
                 setattr(opts, key, value)

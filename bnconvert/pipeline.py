@@ -118,14 +118,15 @@ def convert(path, outdir: str | None, opts: ConvertOptions):
             isolate.peaks.clear()
             prep = _prepare(model if model is not None else path, tmp, paths, opts)
             report = prep.report
-            staged = _export_all(prep, exp, tmp, paths, report)
+            jobs = _jobs(opts, prep)
+            staged = _export_all(prep, exp, tmp, paths, report, jobs)
             if opts.quantize.quantize:
                 from .quantize import quantize_and_verify
 
                 quantize_and_verify(prep, opts, staged, tmp, paths, report)
             if ver.verify:
                 with progress.stage("verify"):
-                    verify_conversion(prep, staged, report, ver, allow_unsafe=opts.allow_unsafe)
+                    verify_conversion(prep, staged, report, ver, allow_unsafe=opts.allow_unsafe, jobs=jobs)
             staged.pop("_graph", None)
         report.memory = _memory(isolate.peaks)
         report.files = {k: v for k, v in paths.items() if k in staged}
@@ -354,15 +355,26 @@ def _proto_limits() -> dict[str, int]:
     return {"load": importlib.import_module("bnconvert.load").MAX_PROTO_BYTES, "write": MAX_PROTO_BYTES}
 
 
-def _export_all(prep, exp, tmp, paths, report) -> dict[str, str]:
-    """Convert the staged folded graph to ONNX and TFLite, each in a child process.
+def _jobs(opts: ConvertOptions, prep) -> int:
+    """How many stages run at once (:func:`bnconvert.schedule.jobs`), noted in the report."""
+    from . import schedule
+
+    budget_set = opts.max_memory is not None or bool(os.environ.get("BNCONVERT_MAX_MEMORY"))
+    n = schedule.jobs(opts.jobs, os.path.getsize(prep.folded_path), budget_set)
+    prep.report.jobs = n
+    return n
+
+
+def _export_all(prep, exp, tmp, paths, report, jobs: int = 1) -> dict[str, str]:
+    """Convert the staged folded graph to ONNX and TFLite, each in a child process (side by
+    side with ``jobs`` > 1, :mod:`bnconvert.schedule`).
 
     When ``exp.to`` was not given explicitly, a converter that cannot handle the graph
     (:class:`UnsupportedError`) skips its format: ``report.skipped[fmt]`` says why, a warning
     goes into the notes, the other formats are still written and verified.  An explicitly
     requested format that fails stops the run (exit 2).
     """
-    from . import isolate
+    from . import isolate, schedule
 
     staged: dict[str, str] = {}
     r = report
@@ -378,6 +390,7 @@ def _export_all(prep, exp, tmp, paths, report) -> dict[str, str]:
         "tflite": ("the TFLite export (TFLite converter)", "bnconvert.export.tflite:export_tflite",
                    dict(inputs=r.inputs, outputs=r.outputs, input_shapes=r.input_shapes)),
     }
+    todo = []
     for fmt in ("onnx", "tflite"):
         if fmt not in exp.to:
             continue
@@ -387,21 +400,27 @@ def _export_all(prep, exp, tmp, paths, report) -> dict[str, str]:
                 raise InputError(f"cannot write {fmt}: {why} (--to pb works)")
             _skip(r, fmt, why)
             continue
+        todo.append(fmt)
+
+    def export(fmt):
         stage, target, kwargs = stages[fmt]
         t = time.perf_counter()
-        out = os.path.join(tmp, os.path.basename(paths[fmt]))
         try:
             with progress.stage(f"export {fmt}"):
-                r.exports[fmt] = isolate.run_stage(stage, target, dict(graph_def=isolate.GraphFile(graph_path),
-                                                                       path=out, **kwargs))
-        except UnsupportedError as e:
-            if exp.explicit_to:
-                raise
-            _skip(r, fmt, str(e))
-            continue
+                return isolate.run_stage(stage, target, dict(graph_def=isolate.GraphFile(graph_path),
+                                                              path=os.path.join(tmp, os.path.basename(paths[fmt])),
+                                                              **kwargs))
         finally:
             r.timings[f"export_{fmt}"] = time.perf_counter() - t
-        staged[fmt] = out
+
+    skippable = (lambda e: isinstance(e, UnsupportedError)) if not exp.explicit_to else (lambda e: False)
+    results = schedule.parallel([lambda fmt=fmt: export(fmt) for fmt in todo], jobs, keep=skippable)
+    for fmt, res in zip(todo, results):
+        if isinstance(res, UnsupportedError):
+            _skip(r, fmt, str(res))
+            continue
+        r.exports[fmt] = res
+        staged[fmt] = os.path.join(tmp, os.path.basename(paths[fmt]))
     if not any(k in staged for k in FORMATS):
         raise UnsupportedError(f"no format could be written: {'; '.join(f'{k}: {v}' for k, v in r.skipped.items())}")
     return staged

@@ -2,7 +2,7 @@
 
 Keys tools rely on: ``bn`` {found, folded, scale_shift, refused}, ``layers`` [{name, form,
 producer, action, reason, ...}], ``training_flags``, ``inputs``, ``outputs``, ``files``,
-``timings`` (seconds per stage), ``verification`` (one entry per runtime: ``status`` pass/fail/
+``timings`` (seconds per stage; stages overlap when ``jobs`` > 1), ``verification`` (one entry per runtime: ``status`` pass/fail/
 inconclusive, ``outputs`` and ``layers`` with their errors and the reference's magnitude,
 ``worst_layer``, ``layers_skipped``), ``verification_inputs`` (samples, seed, distributions or the
 ``--data`` file), ``verification_power`` (see :mod:`bnconvert.verify.power`) and ``ok``.
@@ -33,8 +33,9 @@ class Report:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     verification: dict[str, dict] = field(default_factory=dict)
     verification_inputs: dict = field(default_factory=dict)  # samples, seed, distributions (or --data)
-    verification_power: dict = field(default_factory=dict)  # bnconvert.verify.power.measure_power
+    verification_power: dict = field(default_factory=dict)  # bnconvert.verify.power.in_session
     timings: dict[str, float] = field(default_factory=dict)
+    jobs: int = 1  # child stages run at once (bnconvert.schedule): the memory peak is their sum
     memory: dict[str, float] = field(default_factory=dict)  # peak MiB per process/stage (pipeline)
     notes: list[str] = field(default_factory=list)
     quantization: dict = field(default_factory=dict)  # int8 files: bnconvert.quantize, verify/quant.py
@@ -83,6 +84,7 @@ class Report:
             "verification_inputs": self.verification_inputs,
             "verification_power": self.verification_power,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "jobs": self.jobs,
             "memory_mib": self.memory,
             "notes": self.notes,
             **({"quantization": self.quantization} if self.quantization else {}),

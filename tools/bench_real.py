@@ -14,7 +14,9 @@ every BN's gamma, beta and moving statistics randomised, frozen with
 
 Each command runs alone, one after the other, as a user runs it:
 
-- ``bnconvert fold model.pb -o OUT --force`` (pb + onnx + tflite, verified),
+- ``bnconvert fold model.pb -o OUT --force`` (pb + onnx + tflite, verified; stages side by side as
+  the machine allows, bnconvert.schedule),
+- the same with ``--jobs 1`` (one stage at a time: the smallest peak),
 - ``bnconvert fold model.pb -o OUT --force --to onnx --no-verify``,
 - ``python -m tf2onnx.convert --graphdef model.pb --inputs input_1:0,keras_learning_phase:0
   --outputs <out> --output OUT/tf2onnx.onnx`` (the training flag stays an input),
@@ -178,6 +180,7 @@ def commands(model: str, facts: dict, out: str) -> dict[str, list[str]]:
     t2o = [sys.executable, "-m", "tf2onnx.convert", "--graphdef"]
     return {
         "bnconvert fold (pb+onnx+tflite, verified)": bn,
+        "bnconvert fold --jobs 1 (stages one at a time)": bn + ["--jobs", "1"],
         "bnconvert fold --to onnx --no-verify": bn + ["--to", "onnx", "--no-verify"],
         "python -m tf2onnx.convert --graphdef": t2o + [
             model, "--inputs", f"{facts['input']},{facts['phase']}", "--outputs", facts["output"],

@@ -69,6 +69,18 @@ def add_verify_arguments(p) -> None:
                    help="run graphs even if they hold file/process I/O ops")
 
 
+def positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return n
+
+
 def layer_budget(text: str) -> int:
     """``--layer-budget``: bytes ("64M", "1G", "1000000"), positive."""
     from ..budget import parse_size

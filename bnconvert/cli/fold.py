@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arguments, add_verify_arguments, layer_budget, parse_shapes, providers, split_list
+from .common import (add_model_arguments, add_verify_arguments, layer_budget, parse_shapes, positive_int, providers,
+                     split_list)
 
 HELP = "fold batch norms, export .pb/.onnx/.tflite and verify them"
 
@@ -31,6 +32,9 @@ def add_arguments(p) -> None:
                    help="ONNX form of a BN that cannot be folded: one BatchNormalization (bnop, faster on "
                         "onnxruntime) or Mul+Add")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
+                   help="child stages (converters, verification runtimes) to run at once; each adds its memory "
+                        "to the peak (default: as many as the CPUs and the free memory allow, 1 with --max-memory)")
     add_model_arguments(p)
     add_verify_arguments(p)
     q = p.add_argument_group("int8 (see README: int8)")
@@ -52,7 +56,7 @@ def run(args) -> int:
         to = {} if args.to is None else {"to": tuple(split_list(args.to) or ())}  # not given: partial exports
         report = api.convert(
             args.model, args.outdir, **to,
-            verify=not args.no_verify, timeout=args.timeout,
+            verify=not args.no_verify, timeout=args.timeout, jobs=args.jobs,
             force=args.force, inputs=split_list(args.inputs), outputs=split_list(args.outputs),
             set_flags=parse_set(args.set), mode="scale_shift" if args.no_fold else "fold",
             only=args.only, opset=args.opset, bn_form=args.bn_form, batch=args.batch,

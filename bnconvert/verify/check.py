@@ -203,9 +203,12 @@ def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None, layer_rows
     return concat_runs(results), lambda p: p.candidate if p.candidate in have else (p.original if p.original in have else None)
 
 
-def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe: bool = False) -> None:
+def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe: bool = False,
+                      jobs: int = 1) -> None:
     """Compare every staged file with the original graph; results go into ``report.verification``
     (one entry per runtime), ``report.verification_inputs`` and ``report.verification_power``.
+    The original graph runs first (every runtime is compared with it); then the runtimes and
+    the power check, ``jobs`` at a time.
 
     ``prep``: the :class:`~bnconvert.prepare.Prepared` of the run — the graphs are files there
     (each runtime's child reads its own), this process holds none of them."""
@@ -235,33 +238,54 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
                             f"would exceed {vopts.layer_budget / 2**20:g} MiB); the outputs on every sample")
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tol, report.notes)
     outs = report.outputs
-    entries = []
+    power = None  # the power check: on the folded graph's own session when it runs anyway
+    if vopts.power:
+        from .power import in_session
+
+        refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
+        free = info.get("source") == "random" and info.get("runs") == 1  # sample_runs: one run = free batch
+        power = in_session(prep.power_targets, runs, outs, ref, tol, info.get("samples"), refs, rows, free)
+        if power is None:
+            report.verification_power = {}
+    entries, beside = [], []
     if "pb" in staged:
         def tf_folded():
             fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
-            results, _ = run_tf_many(prep.folded_path, runs, fetch, allow_unsafe=allow_unsafe,
-                                     stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows)
-            return concat_runs(results), lambda p: p.candidate
+            out = run_tf_many(prep.folded_path, runs, fetch, allow_unsafe=allow_unsafe,
+                              stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows, then=power)
+            if power is not None:
+                report.verification_power = _power_or_note(report, lambda: _raise_error(out[2]))
+                report.timings["verify_power"] = report.verification_power.pop("seconds", 0.0)
+            return concat_runs(out[0]), lambda p: p.candidate
         entries.append(("tf:folded", staged["pb"], tf_folded))
+    elif power is not None:
+        from .power import run_alone
+
+        def power_alone():
+            t = time.perf_counter()
+            with progress.stage("verify power"):
+                report.verification_power = _power_or_note(report, lambda: run_alone(prep.folded_path, power,
+                                                                                     allow_unsafe))
+            report.verification_power.pop("seconds", None)
+            report.timings["verify_power"] = time.perf_counter() - t
+        beside.append(power_alone)
     if "onnx" in staged:
         for prov in vopts.providers:
             entries.append((onnx_runtime_label(prov), staged["onnx"],
                             lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov, layer_rows=rows)))
     if "tflite" in staged:
         entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs, layer_rows=rows)))
-    report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings))
+    report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings,
+                                            jobs=jobs, beside=beside))
     if vopts.save_io:
         save_io(vopts.save_io, runs, ref)
-    if vopts.power:
-        from .power import measure_power
 
-        t = time.perf_counter()
-        refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
-        free = info.get("source") == "random" and info.get("runs") == 1  # sample_runs: one run = free batch
-        report.verification_power = _power_or_note(report, lambda: measure_power(
-            prep.folded_path, prep.power_targets, runs, outs, ref, tol, info.get("samples"), allow_unsafe, refs,
-            layer_rows=rows, free_batch=free))
-        report.timings["verify_power"] = time.perf_counter() - t
+
+def _raise_error(result: dict) -> dict:
+    """A result sent back as ``{"error": message}`` raised again (then noted by _power_or_note)."""
+    if isinstance(result, dict) and set(result) == {"error"}:
+        raise BNConvertError(result["error"])
+    return result
 
 
 def _power_or_note(report, measure) -> dict:
@@ -279,19 +303,31 @@ def _power_or_note(report, measure) -> dict:
 
 
 def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entries: list, tol: dict, info: dict,
-                 timings: dict | None = None, note: str = "", either: bool = False) -> dict[str, dict]:
+                 timings: dict | None = None, note: str = "", either: bool = False, jobs: int = 1,
+                 beside: list = ()) -> dict[str, dict]:
     """Run each ``(runtime, file, fn)`` and compare with the reference.  ``fn()`` returns
     ``(tensors, pick)``: ``pick(probe)`` names the tensor holding that layer, or ``pick`` is a
-    :class:`TFLiteLayers` (intermediates matched by their fused names)."""
+    :class:`TFLiteLayers` (intermediates matched by their fused names).
+
+    The runtimes run ``jobs`` at a time (:func:`bnconvert.schedule.parallel`), together with the
+    calls ``beside`` (the power check: they keep their own results); the comparisons are made
+    afterwards, in the order of ``entries``."""
+    from .. import schedule
     from .compare import compare as compare_outputs
 
-    result = {}
-    for runtime, file, fn in entries:
+    def timed(runtime, file, fn):
         t = time.perf_counter()
-        with naming(file), progress.stage(f"verify {runtime}"):
-            got, pick = fn()
-        if timings is not None:
-            timings[f"verify_{runtime}"] = time.perf_counter() - t
+        try:
+            with naming(file), progress.stage(f"verify {runtime}"):
+                return fn()
+        finally:
+            if timings is not None:
+                timings[f"verify_{runtime}"] = time.perf_counter() - t
+
+    calls = [lambda e=e: timed(*e) for e in entries] + list(beside)
+    ran = schedule.parallel(calls, jobs)[:len(entries)]
+    result = {}
+    for (runtime, file, _), (got, pick) in zip(entries, ran):
         notes = [n for n in ("TF32 off (use_tf32=0)" if "CUDA" in runtime else "", note) if n]
         if isinstance(pick, TFLiteLayers):
             rows, miss = pick.rows(lref, got)

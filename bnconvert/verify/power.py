@@ -66,73 +66,93 @@ def _outside_frames(g: Graph, t: str) -> str:
     return t
 
 
-def measure_power(folded, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
-                  tol: dict, samples: int | None, allow_unsafe: bool = False,
-                  layer_refs: list[tuple[str, str, object]] = (), layer_rows: int | None = None,
-                  free_batch: bool = False) -> dict:
-    """``{"perturbation", "layers": [{layer, position, tried: {e: caught}, outputs_tried,
-    caught_1pct, smallest_caught, outputs_smallest_caught}], "caught_1pct"}``; ``{}`` when no
-    layer was folded.  ``folded``: the folded GraphDef or its binary file; ``weight_targets``:
-    :func:`targets` of it.  ``layer_refs``: ``(layer name, tensor in the folded graph, reference)``,
-    the references holding the first ``layer_rows`` rows of each run; with a free batch
-    (``free_batch``, one run) the whole check then runs on those rows.
-
-    The check runs in one child process, on one TensorFlow session, and sends back only the
-    verdicts (:func:`measure_power_here`).
-    """
+def run_alone(folded, spec: tuple[str, dict], allow_unsafe: bool = False) -> dict:
+    """The check of :func:`in_session`'s ``spec`` in a child of its own (:func:`measure_power_here`),
+    on the folded graph (a GraphDef or its binary file)."""
     from bnconvert import isolate
 
+    with isolate.graph_file(folded) as src:
+        return isolate.run_stage("TensorFlow (power check)", "bnconvert.verify.power:measure_power_here",
+                                 dict(graph_def=src, allow_unsafe=allow_unsafe, **spec[1]))
+
+
+def in_session(weight_targets: list, runs: list[dict], outputs: list[str], reference: dict, tol: dict,
+               samples: int | None, layer_refs: list = (), layer_rows: int | None = None,
+               free_batch: bool = False) -> tuple[str, dict] | None:
+    """The check as ``("module:function", kwargs)``; None when no layer was folded.
+
+    Its result is ``{"perturbation", "layers": [{layer, position, tried: {e: caught},
+    outputs_tried, caught_1pct, smallest_caught, outputs_smallest_caught}], "caught_1pct",
+    "seconds"}``.  ``weight_targets``: :func:`targets` of the folded graph.  ``layer_refs``:
+    ``(layer name, tensor in the folded graph, reference)``, the references holding the first
+    ``layer_rows`` rows of each run; with a free batch (``free_batch``, one run) the whole check
+    then runs on those rows.
+
+    It runs on the session of the folded graph that verification opens anyway (``then=`` of
+    :func:`bnconvert.verify.runners.run_tf_many`: no second import of the graph), or in a child
+    of its own (:func:`run_alone`), and sends back only the verdicts."""
     if not weight_targets:
-        return {}
+        return None
     if layer_rows is not None and free_batch and len(runs) == 1:
         # the layers are compared on the first rows only: so is the power check, outputs included
         runs = [{k: (v[:layer_rows] if np.ndim(v) else v) for k, v in runs[0].items()}]
         reference = {k: (v[:layer_rows] if np.ndim(v) else v) for k, v in reference.items()}
         samples = layer_rows
-    with isolate.graph_file(folded) as src:
-        return isolate.run_stage("TensorFlow (power check)", "bnconvert.verify.power:measure_power_here",
-                                 dict(graph_def=src, weight_targets=weight_targets, runs=runs, outputs=list(outputs),
-                                      reference=reference, tol=tol, samples=samples, allow_unsafe=allow_unsafe,
-                                      layer_refs=list(layer_refs), layer_rows=layer_rows))
+    return ("bnconvert.verify.power:power_with",
+            dict(weight_targets=weight_targets, runs=runs, outputs=list(outputs), reference=reference, tol=tol,
+                 samples=samples, layer_refs=list(layer_refs), layer_rows=layer_rows))
 
 
 def measure_power_here(graph_def, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
                        tol: dict, samples: int | None, allow_unsafe: bool = False,
                        layer_refs: list = (), layer_rows: int | None = None) -> dict:
-    """:func:`measure_power` in this process."""
+    """The power check on a session of its own, in this process."""
+    from .runners import _tf_session
+
+    with _tf_session(graph_def, allow_unsafe, "") as (run, _):
+        return power_with(run, weight_targets, runs, outputs, reference, tol, samples, layer_refs, layer_rows)
+
+
+def power_with(run, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict, tol: dict,
+               samples: int | None, layer_refs: list = (), layer_rows: int | None = None) -> dict:
+    """The check on an open session of the folded graph: ``run(feeds, fetch)`` →
+    ``{name: array}`` (:func:`bnconvert.verify.runners._tf_session`)."""
+    import time
+
     from .compare import compare
     from .inputs import concat_runs
-    from .runners import _tf_session, trim_rows
+    from .runners import trim_rows
 
+    t0 = time.perf_counter()
     fetch = list(outputs) + list(dict.fromkeys(tn for _, tn, _ in layer_refs if tn not in outputs))
     result = []
-    with _tf_session(graph_def, allow_unsafe, "") as (run, _):
-        for pos, wt, t in weight_targets:
-            tried: dict[str, bool] = {}
-            out_tried: dict[str, bool] = {}
+    for pos, wt, t in weight_targets:
+        tried: dict[str, bool] = {}
+        out_tried: dict[str, bool] = {}
 
-            def caught(e: float) -> bool:
-                w = t["w"].copy()
-                w[t["idx"]] = w[t["idx"]] * (1 + e)
-                got = concat_runs([trim_rows(run({**f, wt: w}, fetch), outputs, layer_rows) for f in runs])
-                rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
-                c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
-                out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
-                tried[f"{e:g}"] = any(not o.ok for o in c.outputs + c.layers)
-                return out_tried[f"{e:g}"]
+        def caught(e: float) -> bool:
+            w = t["w"].copy()
+            w[t["idx"]] = w[t["idx"]] * (1 + e)
+            got = concat_runs([trim_rows(run({**f, wt: w}, fetch), outputs, layer_rows) for f in runs])
+            rows = [(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs]
+            c = compare(reference, got, "power", "", samples=samples, layers=rows, **tol)
+            out_tried[f"{e:g}"] = any(not o.ok for o in c.outputs)
+            tried[f"{e:g}"] = any(not o.ok for o in c.outputs + c.layers)
+            return out_tried[f"{e:g}"]
 
-            if caught(LEVELS[0]):
-                caught(LEVELS[1])
-            else:
-                caught(LEVELS[2])
-            hits = [float(e) for e, h in tried.items() if h]
-            out_hits = [float(e) for e, h in out_tried.items() if h]
-            result.append({"layer": t["layer"], "position": pos, "producer": t["producer"], "tried": tried,
-                           "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
-                           "smallest_caught": min(hits) if hits else None,
-                           "outputs_smallest_caught": min(out_hits) if out_hits else None})
+        if caught(LEVELS[0]):
+            caught(LEVELS[1])
+        else:
+            caught(LEVELS[2])
+        hits = [float(e) for e, h in tried.items() if h]
+        out_hits = [float(e) for e, h in out_tried.items() if h]
+        result.append({"layer": t["layer"], "position": pos, "producer": t["producer"], "tried": tried,
+                       "outputs_tried": out_tried, "caught_1pct": tried["0.01"],
+                       "smallest_caught": min(hits) if hits else None,
+                       "outputs_smallest_caught": min(out_hits) if out_hits else None})
     return {"perturbation": "output channel 0 of the folded weights x(1+e)",
-            "layers": result, "caught_1pct": all(r["caught_1pct"] for r in result)}
+            "layers": result, "caught_1pct": all(r["caught_1pct"] for r in result),
+            "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def power_line(power: dict) -> str:

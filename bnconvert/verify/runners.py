@@ -14,13 +14,14 @@ TensorFlow is imported only inside ``run_tf`` / ``run_tflite``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import warnings
 
 import numpy as np
 
-from bnconvert.errors import GraphError, InputError
+from bnconvert.errors import BNConvertError, GraphError, InputError
 from bnconvert.safety import check_safe
 
 #: ``provider`` argument → onnxruntime provider name
@@ -116,12 +117,15 @@ def trim_rows(got: dict, outputs, rows: int | None) -> dict:
 def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                 allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow",
                 n_outputs: int | None = None, layer_rows: int | None | str = "auto",
-                layer_budget: int = LAYER_BYTES) -> tuple[list[dict], int | None]:
+                layer_budget: int = LAYER_BYTES, then: tuple[str, dict] | None = None):
     """Every feed dict of ``runs`` through one TensorFlow session, in one child process.
 
     ``outputs[:n_outputs]`` are the model's outputs (kept whole); the rest are layer tensors,
     cut to ``layer_rows`` rows per run ("auto": as many as ``layer_budget`` bytes allow for all
-    runs, chosen on the first run).  Returns the per-run results and the rows used (None: all)."""
+    runs, chosen on the first run).  Returns the per-run results and the rows used (None: all).
+    ``then``: ``("module:function", kwargs)`` called afterwards on the same session as
+    ``function(run, **kwargs)`` (the power check: no second import of the graph); its result, or
+    ``{"error": message}`` if it raised a :class:`BNConvertError`, is returned third."""
     from bnconvert import isolate
 
     if hasattr(graph, "node"):
@@ -132,13 +136,13 @@ def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bo
         return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_many_here",
                                  dict(graph_def=src, runs=runs, outputs=list(outputs), flags=flags,
                                       allow_unsafe=allow_unsafe, what=what, n_outputs=n_outputs,
-                                      layer_rows=layer_rows, layer_budget=layer_budget))
+                                      layer_rows=layer_rows, layer_budget=layer_budget, then=then))
 
 
 def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                      allow_unsafe: bool = False, what: str = "", n_outputs: int | None = None,
-                     layer_rows: int | None | str = "auto",
-                     layer_budget: int = LAYER_BYTES) -> tuple[list[dict], int | None]:
+                     layer_rows: int | None | str = "auto", layer_budget: int = LAYER_BYTES,
+                     then: tuple[str, dict] | None = None):
     """:func:`run_tf_many` in this process.
 
     The outputs are computed on each whole run.  The layer tensors, when the rows are cut and
@@ -153,15 +157,27 @@ def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dic
             got = run(feeds, outs, flags)
             if layers:
                 can_cut = free(feeds)
+                sample = None
                 if layer_rows == "auto":
                     sample = run(_head(feeds, 1), layers, flags) if can_cut else run(feeds, layers, flags)
                     per_row = sum(np.asarray(v).nbytes // max(1, np.shape(v)[0]) for v in sample.values() if np.ndim(v))
                     total = per_row * _rows(feeds) * len(runs)
                     layer_rows = None if total <= layer_budget else max(1, layer_budget // max(1, per_row * len(runs)))
-                sub = _head(feeds, layer_rows) if can_cut and layer_rows else feeds
-                got.update(trim_rows(run(sub, layers, flags), (), layer_rows))
+                    if can_cut and layer_rows != 1:
+                        sample = None  # computed on one row, more are kept: computed again below
+                if sample is None:
+                    sample = run(_head(feeds, layer_rows) if can_cut and layer_rows else feeds, layers, flags)
+                got.update(trim_rows(sample, (), layer_rows))
             results.append(got)
-    return results, (None if layer_rows == "auto" else layer_rows)
+        rows = None if layer_rows == "auto" else layer_rows
+        if then is None:
+            return results, rows
+        module, func = then[0].split(":")
+        try:
+            extra = getattr(importlib.import_module(module), func)(run, **then[1])
+        except BNConvertError as e:
+            extra = {"error": str(e)}
+        return results, rows, extra
 
 
 def _rows(feeds: dict) -> int:

@@ -1,0 +1,121 @@
+"""Several child stages at once: the two converters side by side, the runtimes of the
+verification side by side.
+
+Decisions:
+
+- **How many at once** (:func:`jobs`): ``--jobs N`` (``jobs=N``) when given.  Otherwise as many as
+  the CPUs allow (at most :data:`AUTO_MAX`), and only as many as fit in the memory available now,
+  at :func:`stage_estimate` bytes per stage; with a memory budget set (``--max-memory``,
+  ``BNCONVERT_MAX_MEMORY``) one at a time, so that the budget, which caps each stage, also bounds
+  the run.  Memory is what concurrency costs: the run's peak becomes the sum of the stages
+  running together (measured in docs/BENCHMARKS_REAL_SIZE.md), so the default never runs more
+  than fit.
+- **Threads in this process, children for the work**: each stage already runs in its own child
+  (:mod:`bnconvert.isolate`); a thread per running stage only waits on its child's pipe.  What
+  the stages return is compared here afterwards, in the order of the calls, so the report does
+  not depend on which finished first.
+- **Failure and interrupts**: an exception the caller does not ``keep`` cancels the stages still
+  running (their children are killed within 0.1 s, :class:`bnconvert.isolate.Cancelled`),
+  starts no more, and is raised; so is Ctrl-C.  With one job the calls simply run in order in
+  this thread.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+#: the automatic choice never runs more stages at once than this
+AUTO_MAX = 4
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def stage_estimate(model_bytes: int) -> int:
+    """Private memory one stage (a converter, a TensorFlow run) takes for a graph of
+    ``model_bytes``: measured on ResNet-50 built the TF1 way at 11, 103 and 393 MB (the TFLite
+    converter, the largest stage: about 0.45 GB beyond the preloaded libraries plus 10 bytes per
+    byte of graph), rounded up."""
+    return (512 << 20) + 12 * int(model_bytes)
+
+
+def jobs(requested: int | None, model_bytes: int, budget_set: bool) -> int:
+    """How many stages run at once (see the module's docstring)."""
+    if requested is not None:
+        return max(1, int(requested))
+    if budget_set:
+        return 1
+    n = min(AUTO_MAX, cpus())
+    avail = available_memory()
+    if avail is not None:
+        n = min(n, avail // stage_estimate(model_bytes))
+    return max(1, int(n))
+
+
+def parallel(calls: list, jobs: int = 1, keep=lambda e: False) -> list:
+    """Run the zero-argument ``calls`` (each runs its child stages through
+    :func:`bnconvert.isolate.run_stage`), at most ``jobs`` at once; their results in order.
+
+    An exception ``keep(e)`` accepts takes its call's place in the results; any other cancels
+    the calls still running, starts no more and is raised (the first to happen).
+    """
+    from . import isolate
+
+    if jobs <= 1 or len(calls) <= 1:
+        out = []
+        for fn in calls:
+            try:
+                out.append(fn())
+            except Exception as e:  # noqa: BLE001 - kept or raised, as the caller says
+                if not keep(e):
+                    raise
+                out.append(e)
+        return out
+    import concurrent.futures as cf
+
+    cancel = threading.Event()
+
+    def run(fn):
+        isolate._local.cancel = cancel
+        try:
+            return fn()
+        finally:
+            isolate._local.cancel = None
+
+    pool = cf.ThreadPoolExecutor(max_workers=min(jobs, len(calls)), thread_name_prefix="bnconvert-stage")
+    futures = []
+    try:
+        futures = [pool.submit(run, fn) for fn in calls]
+        pending = set(futures)
+        while pending:
+            done, pending = cf.wait(pending, timeout=isolate._POLL_S, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                e = f.exception()
+                if e is not None and not isinstance(e, isolate.Cancelled) and not (isinstance(e, Exception) and keep(e)):
+                    raise e
+        out = []
+        for f in futures:
+            e = f.exception()
+            out.append(e if e is not None else f.result())
+        return out
+    finally:
+        cancel.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)  # each running stage kills its child within one poll
