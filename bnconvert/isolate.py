@@ -47,7 +47,7 @@ from .errors import BNConvertError
 #: seconds a single stage may run before it is killed (``--timeout``)
 DEFAULT_TIMEOUT = 600.0
 _POLL_S = 0.1
-_PRELOAD_TF = ["tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert.interpreter",
+_PRELOAD_TF = ["bnconvert._lean_tf", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai_edge_litert.interpreter",
                "bnconvert.verify.runners", "bnconvert.export.onnx", "bnconvert.export.tflite"]
 _PRELOAD_LIGHT = ["numpy", "onnxruntime", "bnconvert.verify.runners"]
 
