@@ -1,17 +1,15 @@
 """Attack review of the child-process load/fold, layer budget and power-check changes.
 
 Each test reproduces one confirmed bug and fails on the reviewed code (real TF runs, no mocks).
+The command lines run as ``bnconvert.cli.main.main(argv)`` in this process (conftest.cli: fds 1
+and 2 captured, the session's forkserver), not as a process of their own each.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tf():
@@ -20,12 +18,6 @@ def _tf():
 
     tf.compat.v1.disable_v2_behavior()
     return tf
-
-
-def _cli(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "bnconvert.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 def _save(graph, path):
@@ -107,12 +99,12 @@ def test_library_convert_of_loaded_savedmodel_keeps_signature_outputs(tmp_path):
     assert report.outputs == ["logits:0", "probs:0"]  # actual: ['probs:0']
 
 
-def test_scalar_input_beside_batched_input_verifies(tmp_path):
+def test_scalar_input_beside_batched_input_verifies(cli, tmp_path):
     """A graph with a batched input and a scalar input (a temperature, a keep-prob) folds and
     verifies.  Actual: exit 2, 'Cannot feed value of shape (1,) for Tensor s:0, which has shape ()'
     (sample_runs gives the scalar a batch dimension when the batch is not free)."""
     pb = _scalar_and_batched_graph(tmp_path / "scalar.pb")
-    r = _cli("fold", pb, "-o", str(tmp_path / "out"), "--to", "pb", "-q")
+    r = cli("fold", pb, "-o", str(tmp_path / "out"), "--to", "pb", "-q")
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / "out" / "scalar.folded.pb")
     import json
@@ -121,13 +113,13 @@ def test_scalar_input_beside_batched_input_verifies(tmp_path):
     assert rep["verification"]["tf:folded"]["ok"] and rep["verification_inputs"]["samples"] >= 2
 
 
-def test_bn_inside_while_loop_verifies(tmp_path):
+def test_bn_inside_while_loop_verifies(cli, tmp_path):
     """README 'Loops and frames': a BN inside a loop body folds like any other.  The fold and the
     tf:folded comparison are fine, but the power check feeds the folded weight tensor, which lies
     inside the while frame ('... has inputs from different frames'), so the run fails with exit 2
     and a message naming the user's file as if the model could not run."""
     pb = _bn_in_while_loop_graph(tmp_path / "loop.pb")
-    r = _cli("fold", pb, "-o", str(tmp_path / "out"), "--to", "pb", "-q")
+    r = cli("fold", pb, "-o", str(tmp_path / "out"), "--to", "pb", "-q")
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / "out" / "loop.folded.pb")
     # the power check reaches the weights inside the loop (it feeds the constant outside the frame)

@@ -4,9 +4,6 @@ Original ≥ 90% on the 1,000 bundled test digits; every converted runtime (fold
 onnxruntime CPU, TFLite) within 0.1 percentage point of it, and at most 0.1% of the digits
 (1 of 1,000) change class.
 """
-import subprocess
-import sys
-
 import pytest
 
 from bnconvert.mnist_check import check, format_table
@@ -39,11 +36,13 @@ def test_conversion_keeps_accuracy(spec, tmp_path):
     assert rep.bn == {"found": 2, "folded": 2, "scale_shift": 0, "refused": 0}
 
 
-def test_mnist_check_cli_fails_when_a_conversion_loses_accuracy(tmp_path):
-    """--max-drop -1 cannot be met (accuracy equal is a 0 pp drop): exit 1 with the table."""
+def test_mnist_check_cli_fails_when_a_conversion_loses_accuracy(cli, tmp_path):
+    """--max-drop -1 cannot be met (accuracy equal is a 0 pp drop): exit 1 with the table.
+
+    The command line's ``main(argv)`` in this process (conftest.cli: fds 1 and 2 captured, the
+    session's forkserver; a process of its own spent most of its time importing TensorFlow)."""
     spec = SPECS[0]
-    p = subprocess.run([sys.executable, "-m", "bnconvert.cli.main", "mnist-check", spec["path"], "-o", str(tmp_path),
-                        "--max-drop", "-1"], capture_output=True, text=True, timeout=600)
+    p = cli("mnist-check", spec["path"], "-o", tmp_path, "--max-drop", "-1")
     assert p.returncode == 1, p.stderr
     assert "FAIL" in p.stdout and "tf:folded" in p.stdout
     assert p.stderr.strip().startswith("bnconvert: error:") and len(p.stderr.strip().splitlines()) == 1

@@ -383,8 +383,20 @@ def run_onnx(path: str, x):
 
 
 # ====================================================================== child tasks
+_FROZEN = []
+
+
 def _imports():
-    """Import everything up front, so that stages measure work, not imports."""
+    """Import everything up front, so that stages measure work, not imports.
+
+    Then (once per process) collect and freeze what the imports left (``gc.freeze``): TensorFlow,
+    tf2onnx and onnxruntime are millions of objects that are never garbage, yet every full
+    collection walks them again (0.2-0.4 s each on 2 cores).  :func:`measure` collects before
+    each of the ~50 measurements of a quick run (outside the timers): unfrozen, those collections
+    were about a third of its measuring child's time.  Inside the timers only the collector's own
+    runs change (they skip the frozen objects), as in bnconvert's stage children
+    (``isolate._child``) and its in-process ONNX export, which freeze the same way; everything
+    the measurements allocate stays collectable."""
     _tf()
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
@@ -393,6 +405,11 @@ def _imports():
     from bnconvert import api, endpoints, fold, graph, inference, match  # noqa: F401
     from bnconvert.export import onnx as _o, tflite as _t  # noqa: F401
     from bnconvert.verify import compare as _c, inputs as _i, runners as _r  # noqa: F401
+
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN.append(True)
 
 
 def pipeline(arch: str, n: int, path: str, ref: str, workdir: str) -> dict:
@@ -985,7 +1002,8 @@ def render(res: dict, meta: dict) -> str:
           "```", "",
           "Graphs are cached in `--graphs` (default `~/.cache/bnconvert-bench`); `--rebuild` builds them "
           "again. Each measurement runs in a child process of `tools/bench.py`, one per graph, with "
-          "TensorFlow, tf2onnx, onnxruntime and bnconvert imported before the first stage; the children's "
+          "TensorFlow, tf2onnx, onnxruntime and bnconvert imported before the first stage (and then, as in "
+          "bnconvert's own stage children, left out of garbage collection: `gc.freeze`); the children's "
           "output goes to `children.log` in the work folder (`--workdir`, `--keep`). Peak RSS per stage is "
           "VmHWM read after resetting it through `/proc/self/clear_refs` at the stage's start; for whole "
           "commands it is `wait4`'s ru_maxrss.", ""]
