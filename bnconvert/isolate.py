@@ -55,6 +55,7 @@ _state = {"ctx": None, "timeout": DEFAULT_TIMEOUT, "scratch": None}
 #: starting a child hides ``__main__`` and sets PYTHONPATH for a moment (process-wide state):
 #: stages run from several threads (:mod:`bnconvert.schedule`) start their children one at a time
 _start_lock = threading.Lock()
+_ctx_lock = threading.RLock()
 #: per thread: the event that cancels the stage this thread waits on (set by bnconvert.schedule)
 _local = threading.local()
 #: stage → peak resident memory of its child in MiB (the last run of each stage); the
@@ -94,6 +95,11 @@ def _tf_env() -> None:
 
 
 def _context(tf: bool = True):
+    with _ctx_lock:  # stages started from several threads at once share one forkserver
+        return _context_locked(tf)
+
+
+def _context_locked(tf: bool):
     if _state["ctx"] is not None and tf and not _state.get("tf"):
         shutdown()  # started light (ONNX-only work first); TF stages want the preloaded server
     if _state["ctx"] is None:
