@@ -413,7 +413,9 @@ def _collapse_reshape_pair(g: Graph, first: str) -> None:
     r1 = g.nodes[first]
     z = g.inputs(r1)[0]
     zprod = g.get(z)
-    if zprod is None or zprod.op not in ("BiasAdd", "MatMul"):
+    if zprod is not None and zprod.op == "BiasAdd":  # the dense layer's bias
+        zprod = g.get(g.inputs(zprod)[0])
+    if zprod is None or zprod.op != "MatMul":  # only a MatMul's output is [N, C] already (a conv's is not)
         return
     c = int(np.asarray(g.const(g.inputs(r1)[1])).reshape(-1)[-1])
     for cname, _ in g.consumers(f"{first}:0"):

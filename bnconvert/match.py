@@ -240,17 +240,17 @@ def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None
 
 def _broadcast_axis(a: np.ndarray, b: np.ndarray):
     """Channel axis (negative) and parameter shape from the constants' shapes."""
-    ref = a if a.size >= b.size else b
+    ref = max((a, b), key=lambda v: (v.size, v.ndim))  # the per-channel one; of two size-1 ones the higher rank
     c = int(ref.size)
     for v in (a, b):
         if v.size not in (1, c):
             return None, None, None
-    if ref.ndim == 0 or c == 1 and ref.ndim <= 1:
-        return -1, tuple(ref.shape) or (1,), c
+    if c == 1:  # one value: keep its shape, so x * s + t broadcasts as the BN did (a scalar BN keeps a scalar)
+        return -1, tuple(ref.shape), c
     non1 = [i for i, d in enumerate(ref.shape) if d != 1]
     if len(non1) > 1:
         return None, None, None
-    i = non1[0] if non1 else ref.ndim - 1
+    i = non1[0]  # c > 1: some axis is not 1
     axis = i - ref.ndim
     shape = tuple(ref.shape[i:])
     return axis, shape, c
