@@ -70,6 +70,12 @@ def configure(max_memory: int | str | None) -> int:
     return limit()
 
 
+def explicit() -> bool:
+    """Whether a budget was set (``configure``: ``--max-memory``, a ``max_memory`` argument) or
+    ``BNCONVERT_MAX_MEMORY`` holds one, rather than the default being in effect."""
+    return _configured is not None or bool(os.environ.get("BNCONVERT_MAX_MEMORY", "").strip())
+
+
 def limit() -> int:
     if _configured is not None:
         return _configured

@@ -357,10 +357,9 @@ def _proto_limits() -> dict[str, int]:
 
 def _jobs(opts: ConvertOptions, prep) -> int:
     """How many stages run at once (:func:`bnconvert.schedule.jobs`), noted in the report."""
-    from . import schedule
+    from . import budget, schedule
 
-    budget_set = opts.max_memory is not None or bool(os.environ.get("BNCONVERT_MAX_MEMORY"))
-    n = schedule.jobs(opts.jobs, os.path.getsize(prep.folded_path), budget_set)
+    n = schedule.jobs(opts.jobs, os.path.getsize(prep.folded_path), budget.explicit())
     prep.report.jobs = n
     return n
 

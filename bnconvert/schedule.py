@@ -14,10 +14,10 @@ Decisions:
   (:mod:`bnconvert.isolate`); a thread per running stage only waits on its child's pipe.  What
   the stages return is compared here afterwards, in the order of the calls, so the report does
   not depend on which finished first.
-- **Failure and interrupts**: an exception the caller does not ``keep`` cancels the stages still
-  running (their children are killed within 0.1 s, :class:`bnconvert.isolate.Cancelled`),
-  starts no more, and is raised; so is Ctrl-C.  With one job the calls simply run in order in
-  this thread.
+- **Failure and interrupts**: an exception the caller does not ``keep`` cancels the stages after
+  it in call order (their children are killed within 0.1 s, :class:`bnconvert.isolate.Cancelled`)
+  and is raised once the stages before it have ended — the error one job at a time would give;
+  Ctrl-C cancels everything.  With one job the calls simply run in order in this thread.
 """
 from __future__ import annotations
 
@@ -72,8 +72,10 @@ def parallel(calls: list, jobs: int = 1, keep=lambda e: False) -> list:
     """Run the zero-argument ``calls`` (each runs its child stages through
     :func:`bnconvert.isolate.run_stage`), at most ``jobs`` at once; their results in order.
 
-    An exception ``keep(e)`` accepts takes its call's place in the results; any other cancels
-    the calls still running, starts no more and is raised (the first to happen).
+    An exception ``keep(e)`` accepts takes its call's place in the results.  Any other is raised
+    as it would be one job at a time: when call *k* fails, the calls after it are cancelled (or
+    never started) and the ones before it run to their end; the first failure in call order is
+    raised.  So the error does not depend on ``jobs`` or on which stage happened to fail first.
     """
     from . import isolate
 
@@ -89,33 +91,38 @@ def parallel(calls: list, jobs: int = 1, keep=lambda e: False) -> list:
         return out
     import concurrent.futures as cf
 
-    cancel = threading.Event()
+    cancels = [threading.Event() for _ in calls]
 
-    def run(fn):
-        isolate._local.cancel = cancel
+    def run(i):
+        if cancels[i].is_set():
+            raise isolate.Cancelled("not started")
+        isolate._local.cancel = cancels[i]
         try:
-            return fn()
+            return calls[i]()
         finally:
             isolate._local.cancel = None
+
+    def fatal(f) -> bool:
+        e = f.exception()
+        return e is not None and not isinstance(e, isolate.Cancelled) and not (isinstance(e, Exception) and keep(e))
 
     pool = cf.ThreadPoolExecutor(max_workers=min(jobs, len(calls)), thread_name_prefix="bnconvert-stage")
     futures = []
     try:
-        futures = [pool.submit(run, fn) for fn in calls]
+        futures = [pool.submit(run, i) for i in range(len(calls))]
         pending = set(futures)
         while pending:
             done, pending = cf.wait(pending, timeout=isolate._POLL_S, return_when=cf.FIRST_COMPLETED)
-            for f in done:
-                e = f.exception()
-                if e is not None and not isinstance(e, isolate.Cancelled) and not (isinstance(e, Exception) and keep(e)):
-                    raise e
-        out = []
-        for f in futures:
-            e = f.exception()
-            out.append(e if e is not None else f.result())
-        return out
+            failed = [i for i, f in enumerate(futures) if f.done() and fatal(f)]
+            if failed:
+                for ev in cancels[failed[0] + 1:]:
+                    ev.set()
+                if all(f.done() for f in futures[:failed[0]]):
+                    raise futures[failed[0]].exception()
+        return [f.exception() if f.exception() is not None else f.result() for f in futures]
     finally:
-        cancel.set()
+        for ev in cancels:
+            ev.set()
         for f in futures:
             f.cancel()
         pool.shutdown(wait=True)  # each running stage kills its child within one poll

@@ -68,14 +68,29 @@ def test_a_failure_cancels_the_stage_beside_it_and_kills_its_child():
     tag = "31.4159"
     t = time.monotonic()
     with pytest.raises(BNConvertError) as e:
-        schedule.parallel([lambda: _stage_sleep(tag),
-                           lambda: (time.sleep(1.5), isolate.run_stage("failing", "subprocess:check_call",
-                                                                       {"args": ["false"]}, tf=False))],
+        schedule.parallel([lambda: (time.sleep(1.5), isolate.run_stage("failing", "subprocess:check_call",
+                                                                       {"args": ["false"]}, tf=False)),
+                           lambda: _stage_sleep(tag)],
                           jobs=2)
     assert "failing" in str(e.value)  # the failure itself is reported, not the cancellation
     assert time.monotonic() - t < 20  # not the sleeper's 31 s
     assert _wait_gone(tag) == []  # the cancelled stage's whole process group is gone
     assert not [th for th in threading.enumerate() if th.name.startswith("bnconvert-stage")]
+
+
+def test_the_first_failure_in_call_order_is_raised_whatever_fails_first():
+    """What one job at a time would say: the earlier call's error, even when a later call fails sooner."""
+    def slow_fail():
+        time.sleep(1.0)
+        return isolate.run_stage("slow failing", "subprocess:check_call", {"args": ["false"]}, tf=False)
+
+    def fast_fail():
+        return isolate.run_stage("fast failing", "subprocess:check_call", {"args": ["false"]}, tf=False)
+
+    for jobs in (1, 2):
+        with pytest.raises(BNConvertError) as e:
+            schedule.parallel([slow_fail, fast_fail], jobs=jobs)
+        assert "slow failing" in str(e.value), (jobs, str(e.value))
 
 
 def test_no_more_stages_start_after_a_failure():

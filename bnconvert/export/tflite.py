@@ -120,19 +120,21 @@ def _convert(tf, gd, inputs, outputs, shapes, configure=None) -> bytes:
     fails on.
     """
     by_name = {n.name: n for n in gd.node}
-    saved = {}
     for name in inputs:
         node = by_name[name.split(":")[0]]
         if node.op not in _PLACEHOLDERS:
             raise UnsupportedError(f"TFLite export feeds placeholders only; input '{name}' is a {node.op}")
-        if node.name not in saved:
-            saved[node.name] = type(node)()
-            saved[node.name].CopyFrom(node)
-        if node.op != "Placeholder":  # a fed PlaceholderWithDefault: drop its default
-            node.op = "Placeholder"
-            del node.input[:]
-        node.attr["shape"].shape.CopyFrom(tf.TensorShape(shapes[name]).as_proto())
+    saved = {}
     try:
+        for name in inputs:
+            node = by_name[name.split(":")[0]]
+            if node.name not in saved:
+                saved[node.name] = type(node)()
+                saved[node.name].CopyFrom(node)
+            if node.op != "Placeholder":  # a fed PlaceholderWithDefault: drop its default
+                node.op = "Placeholder"
+                del node.input[:]
+            node.attr["shape"].shape.CopyFrom(tf.TensorShape(shapes[name]).as_proto())
         if configure is None and all(_index(o) == 0 for o in outputs):
             try:
                 return _convert_graph_def(tf, gd, inputs, outputs, shapes)
@@ -179,7 +181,10 @@ def _dynamic_refused(gd, inputs, shapes) -> str | None:
     """Why the batch cannot be left unknown (None: it can be tried)."""
     by_name = {n.name: n for n in gd.node}
     for name in inputs:
-        shape = by_name[name.split(":")[0]].attr["shape"].shape
+        node = by_name[name.split(":")[0]]
+        if "shape" not in node.attr:  # (reading a missing map key would add it to the caller's graph)
+            return f"input '{name}' has no declared shape"
+        shape = node.attr["shape"].shape
         if shape.unknown_rank or not shape.dim:
             return f"input '{name}' has no declared batch dimension"
         if shape.dim[0].size >= 0:

@@ -251,8 +251,9 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     if "pb" in staged:
         def tf_folded():
             fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
+            then = power if power is None or power[1]["runs"] is not runs else (power[0], {**power[1], "runs": None})
             out = run_tf_many(prep.folded_path, runs, fetch, allow_unsafe=allow_unsafe,
-                              stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows, then=power)
+                              stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows, then=then)
             if power is not None:
                 report.verification_power = _power_or_note(report, lambda: _raise_error(out[2]))
                 report.timings["verify_power"] = report.verification_power.pop("seconds", 0.0)

@@ -124,8 +124,10 @@ def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bo
     cut to ``layer_rows`` rows per run ("auto": as many as ``layer_budget`` bytes allow for all
     runs, chosen on the first run).  Returns the per-run results and the rows used (None: all).
     ``then``: ``("module:function", kwargs)`` called afterwards on the same session as
-    ``function(run, **kwargs)`` (the power check: no second import of the graph); its result, or
-    ``{"error": message}`` if it raised a :class:`BNConvertError`, is returned third."""
+    ``function(run, **kwargs)`` (the power check: no second import of the graph; ``runs=None``
+    in ``kwargs`` stands for ``runs``); its result, or ``{"error": message}`` if it raised (any
+    exception, out of memory included: the results of the runs still come back), is returned
+    third."""
     from bnconvert import isolate
 
     if hasattr(graph, "node"):
@@ -174,10 +176,19 @@ def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dic
             return results, rows
         run.reset()  # the check feeds other tensors: new executors, without the ones used so far
         module, func = then[0].split(":")
+        kwargs = dict(then[1])
+        if kwargs.get("runs") is None:  # the same inputs: not sent twice
+            kwargs["runs"] = runs
         try:
-            extra = getattr(importlib.import_module(module), func)(run, **then[1])
+            extra = getattr(importlib.import_module(module), func)(run, **kwargs)
         except BNConvertError as e:
             extra = {"error": str(e)}
+        except MemoryError:
+            from bnconvert.budget import human, limit
+
+            extra = {"error": f"it needs more memory than the budget of {human(limit())} (--max-memory)"}
+        except Exception as e:  # noqa: BLE001 - what follows the runs never costs their results
+            extra = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
         return results, rows, extra
 
 
