@@ -174,9 +174,7 @@ class Graph:
             return vals[0]
         if node.op == "Const":
             v = _tensor_to_ndarray(node.attr["value"].tensor)
-            if wide and v.dtype.kind == "f" or wide and v.dtype.name == "bfloat16":
-                v = v.astype(np.float64)
-            return v
+            return v.astype(np.float64) if wide and _is_float(v) else v
         fn = _CONST_OPS.get(node.op)
         if fn is None or any(v is None for v in vals):
             return None
@@ -187,9 +185,9 @@ class Graph:
             # numpy's refusals (shapes that do not broadcast or reshape, a bad axis, an
             # unsupported dtype): not a constant we can compute.  Anything else is a bug.
             return None
-        if wide and out.dtype.kind == "f":
-            out = out.astype(np.float64)
-        return out
+        # a computed bfloat16 (a Cast to it) too: left narrow, an op mixing it with a widened
+        # operand would take its dtype from the operand order
+        return out.astype(np.float64) if wide and _is_float(out) else out
 
     def invalidate(self) -> None:
         """Drop every cached constant value (to free memory; edits invalidate by themselves)."""
@@ -405,3 +403,9 @@ def _tensor_to_ndarray(tensor_proto) -> np.ndarray:
     from .tfproto import make_ndarray
 
     return make_ndarray(tensor_proto)
+
+
+def _is_float(v) -> bool:
+    """float16/32/64 and bfloat16 (ml_dtypes' bfloat16 is numpy kind 'V', not 'f'): the values
+    ``wide`` evaluation carries in float64."""
+    return v.dtype.kind == "f" or v.dtype.name == "bfloat16"

@@ -89,12 +89,14 @@ def handedit(pb: str, info: dict, out: str) -> None:
         f.write(model.SerializeToString())
 
 
-def latency(paths: dict[str, str], batch: int, size: int, runs: int) -> dict[str, float]:
+def latency(paths: dict[str, str], batch: int, size: int, runs: int, threads: int = 1) -> dict[str, float]:
+    """Median seconds per model, the models run interleaved; ``threads`` 0: onnxruntime's default
+    (all cores)."""
     import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sessions = {k: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
     x = np.random.default_rng(1).normal(size=(batch, size, size, 3)).astype("float32")
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0: all cores)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
@@ -143,12 +146,13 @@ def main(argv=None) -> int:
         print(f"{form}: {rep.bn}", file=sys.stderr)
     rows = []
     for b in [int(x) for x in args.batches.split(",")]:
-        med, diffs = latency(paths, b, args.size, args.runs)
+        med, diffs = latency(paths, b, args.size, args.runs, args.threads)
         base = med["handedit"]
         for k, v in med.items():
-            rows.append({"arch": args.arch, "batch": b, "model": k, "median_ms": 1e3 * v, "ratio": v / base,
+            rows.append({"arch": args.arch, "batch": b, "threads": args.threads or "all", "model": k,
+                         "median_ms": 1e3 * v, "ratio": v / base,
                          "max_abs_vs_handedit": diffs[k]})
-            print(f"{args.arch:12s} batch {b:2d}  {k:9s} {1e3 * v:9.2f} ms  {v / base:5.3f}x  "
+            print(f"{args.arch:12s} batch {b:2d} threads {args.threads or 'all'}  {k:9s} {1e3 * v:9.2f} ms  {v / base:5.3f}x  "
                   f"max|diff| {diffs[k]:.2e}")
     if args.json:
         with open(args.json, "w") as f:
