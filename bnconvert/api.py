@@ -461,6 +461,8 @@ def compare(
     check_providers(providers)
     with _naming(original if isinstance(original, (str, os.PathLike)) else ""):
         model = _as_model(original, allow_unsafe=allow_unsafe)
+        # not analyze() alone: the fold's layer records name the BN outputs and their replacements,
+        # which the converted file is compared with layer by layer (verify.layers.layer_probes)
         info = fold(model, inputs=inputs, outputs=outputs, set_flags=set_flags, keep_going=True).report
         shapes = resolve_shapes(model.graph_def, info.inputs, input_shapes, batch=batch)
     vopts = VerifyOptions(data=data, providers=providers, atol=atol, rtol=rtol, seed=seed, samples=samples,
