@@ -226,6 +226,11 @@ def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None
             raise StatisticsError(f"BN '{name}': statistics hold NaN or inf (node '{bad}')")
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
+    rank = _known_rank(g, x_t)
+    if rank is not None and max(a.ndim, b.ndim) > rank:
+        # parameters of higher rank broadcast the output to a higher rank than the input: not a
+        # per-channel affine map of x (folding or a [C] scale-shift would drop those dims)
+        return None
     axis, shape, c = _broadcast_axis(a, b)
     if axis is None:
         return None
@@ -236,6 +241,26 @@ def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None
         param_shape=shape, nodes=frozenset([add.name, mul.name]), epsilon=eps,
         details=(("add_op", add.op),),
     )
+
+
+#: output rank of the ops whose rank is fixed (through BiasAdd and pass-through ops)
+_OP_RANK = {"MatMul": 2, "Conv2D": 4, "DepthwiseConv2dNative": 4, "Conv2DBackpropInput": 4, "Conv3D": 5,
+            "FusedBatchNorm": 4, "FusedBatchNormV2": 4, "FusedBatchNormV3": 4}
+
+
+def _known_rank(g, t: str) -> int | None:
+    """The rank of tensor ``t`` where its producer fixes it (a MatMul, a conv, through BiasAdd
+    and pass-through ops), else None."""
+    for _ in range(16):  # pragma: no mutate - a bound on a chain of BiasAdd/Identity
+        node = g.get(t)
+        if node is None:
+            return None
+        if node.op in _OP_RANK:
+            return _OP_RANK[node.op]
+        if node.op not in ("BiasAdd",) + ops.PASS_THROUGH or not g.inputs(node):
+            return None
+        t = g.inputs(node)[0]
+    return None
 
 
 def _broadcast_axis(a: np.ndarray, b: np.ndarray):
