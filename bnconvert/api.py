@@ -82,10 +82,9 @@ def public(fn):
             except TypeError as e:  # a wrong argument type that slipped past the checks
                 raise InputError(f"{fn.__name__}(): {' '.join(str(e).split())}") from e
             except MemoryError as e:  # a stage child's data segment is capped at the budget
-                from .budget import human, limit
+                from .budget import over_budget
 
-                raise InputError(f"{fn.__name__} needs more memory than the budget of {human(limit())} "
-                                 "(--max-memory to allow more)") from e
+                raise InputError(over_budget(fn.__name__)) from e
             except Exception as e:  # noqa: BLE001 - the library's contract: BNConvertError only
                 raise InternalError(_internal(e)) from e
 

@@ -88,6 +88,13 @@ def limit() -> int:
     return default_limit()
 
 
+def over_budget(what: str, hint: str = "") -> str:
+    """The one-line refusal when ``what`` outgrows the memory budget (a stage child's data
+    segment is capped at it): ``"<what> needs more memory than the budget of 8.0 GiB (--max-memory
+    to allow more<hint>)"``."""
+    return f"{what} needs more memory than the budget of {human(limit())} (--max-memory to allow more{hint})"
+
+
 def human(n: int) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:

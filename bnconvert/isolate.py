@@ -438,12 +438,10 @@ def _child(conn, stage: str, target: str, kwargs: dict, parent_pid: int, budget_
     except MemoryError:
         # the data segment is capped at the memory budget (_limit_data): an allocation beyond it
         # (a constant computed while folding, a converter's buffers) is the budget's refusal
-        from .budget import human, limit
+        from .budget import over_budget
         from .errors import InputError
 
-        what = stage[0].upper() + stage[1:]
-        msg = _error_message(InputError(f"{what} needs more memory than the budget of {human(limit())} "
-                                        "(--max-memory to allow more)"))
+        msg = _error_message(InputError(over_budget(stage[0].upper() + stage[1:])))
     except ImportError as e:
         from .errors import missing_dependency
 

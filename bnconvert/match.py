@@ -243,20 +243,15 @@ def _decomposed_match(g, add, mul, x_t, a, b, a_sub, a_t, b_t) -> BNMatch | None
     )
 
 
-#: output rank of the ops whose rank is fixed (through BiasAdd and pass-through ops)
-_OP_RANK = {"MatMul": 2, "Conv2D": 4, "DepthwiseConv2dNative": 4, "Conv2DBackpropInput": 4, "Conv3D": 5,
-            "FusedBatchNorm": 4, "FusedBatchNormV2": 4, "FusedBatchNormV3": 4}
-
-
 def _known_rank(g, t: str) -> int | None:
-    """The rank of tensor ``t`` where its producer fixes it (a MatMul, a conv, through BiasAdd
-    and pass-through ops), else None."""
+    """The rank of tensor ``t`` where its producer fixes it (a MatMul or a conv:
+    :data:`ops.PRODUCER_RANK`, through BiasAdd and pass-through ops), else None."""
     for _ in range(16):  # pragma: no mutate - a bound on a chain of BiasAdd/Identity
         node = g.get(t)
         if node is None:
             return None
-        if node.op in _OP_RANK:
-            return _OP_RANK[node.op]
+        if node.op in ops.PRODUCER_RANK:
+            return ops.PRODUCER_RANK[node.op]
         if node.op not in ("BiasAdd",) + ops.PASS_THROUGH or not g.inputs(node):
             return None
         t = g.inputs(node)[0]

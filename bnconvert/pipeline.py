@@ -400,6 +400,7 @@ def _export_all(prep, exp, tmp, paths, report, jobs: int = 1) -> dict[str, str]:
             _skip(r, fmt, why)
             continue
         todo.append(fmt)
+    out = {fmt: os.path.join(tmp, os.path.basename(paths[fmt])) for fmt in todo}
 
     def export(fmt):
         stage, target, kwargs = stages[fmt]
@@ -407,8 +408,7 @@ def _export_all(prep, exp, tmp, paths, report, jobs: int = 1) -> dict[str, str]:
         try:
             with progress.stage(f"export {fmt}"):
                 return isolate.run_stage(stage, target, dict(graph_def=isolate.GraphFile(graph_path),
-                                                              path=os.path.join(tmp, os.path.basename(paths[fmt])),
-                                                              **kwargs))
+                                                              path=out[fmt], **kwargs))
         finally:
             r.timings[f"export_{fmt}"] = time.perf_counter() - t
 
@@ -419,7 +419,7 @@ def _export_all(prep, exp, tmp, paths, report, jobs: int = 1) -> dict[str, str]:
             _skip(r, fmt, str(res))
             continue
         r.exports[fmt] = res
-        staged[fmt] = os.path.join(tmp, os.path.basename(paths[fmt]))
+        staged[fmt] = out[fmt]
     if not any(k in staged for k in FORMATS):
         raise UnsupportedError(f"no format could be written: {'; '.join(f'{k}: {v}' for k, v in r.skipped.items())}")
     return staged

@@ -13,6 +13,7 @@ import re
 
 from bnconvert.errors import InputError, UnsupportedError
 from bnconvert.export.onnx import check_tensors, write_atomic
+from bnconvert.graph import split_input
 
 _PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault", "PlaceholderV2")
 
@@ -135,7 +136,7 @@ def _convert(tf, gd, inputs, outputs, shapes, configure=None) -> bytes:
                 node.op = "Placeholder"
                 del node.input[:]
             node.attr["shape"].shape.CopyFrom(tf.TensorShape(shapes[name]).as_proto())
-        if configure is None and all(_index(o) == 0 for o in outputs):
+        if configure is None and all(split_input(o)[1] == 0 for o in outputs):
             try:
                 return _convert_graph_def(tf, gd, inputs, outputs, shapes)
             except Exception:  # noqa: BLE001 - the session path below decides, with its own message
@@ -144,11 +145,6 @@ def _convert(tf, gd, inputs, outputs, shapes, configure=None) -> bytes:
     finally:
         for name, node in saved.items():
             by_name[name].CopyFrom(node)
-
-
-def _index(tensor: str) -> int:
-    head, _, idx = tensor.rpartition(":")
-    return int(idx) if head and idx.isdigit() else 0
 
 
 def _convert_graph_def(tf, gd, inputs, outputs, shapes) -> bytes:

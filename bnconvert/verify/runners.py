@@ -184,9 +184,9 @@ def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dic
         except BNConvertError as e:
             extra = {"error": str(e)}
         except MemoryError:
-            from bnconvert.budget import human, limit
+            from bnconvert.budget import over_budget
 
-            extra = {"error": f"it needs more memory than the budget of {human(limit())} (--max-memory)"}
+            extra = {"error": over_budget("it")}
         except Exception as e:  # noqa: BLE001 - what follows the runs never costs their results
             extra = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
         return results, rows, extra
@@ -283,10 +283,9 @@ _ALLOCATION_FAILED = ("OOM when allocating", "Cannot parse tensor from proto", "
 def _raise_run_error(tf, e):
     msg = str(e)
     if isinstance(e, tf.errors.ResourceExhaustedError) or any(s in msg for s in _ALLOCATION_FAILED):
-        from bnconvert.budget import human, limit
+        from bnconvert.budget import over_budget
 
-        raise InputError(f"running the graph needs more memory than the budget of {human(limit())} "
-                         f"(--max-memory; at node {_failed_node(msg)})") from None
+        raise InputError(over_budget("running the graph", f"; at node {_failed_node(msg)}")) from None
     if isinstance(e, (tf.errors.InvalidArgumentError, ValueError)):
         raise InputError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
     raise GraphError(f"TensorFlow could not run the graph: {_one_line(e)}") from None
