@@ -15,11 +15,14 @@ Run on the inference-mode graph (flags already constant):
   machinery (a CRNN's ``seq_len``); one that feeds nothing is no input.  The others — labels, learning rates — are training
   scaffolding.  If no placeholder qualifies, every placeholder is an input.
 * **Outputs** are tensors computed from the inputs alone (no label placeholder, no training
-  machinery, not shape arithmetic, not only feeding training-mode branches).  Every *sink* is
-  an output — a tensor nothing reads (two heads: two outputs), or one read only by training
-  machinery.  Only the latter is a guess.  A graph with no sink (a training graph whose ends are
-  all losses) falls back to the tensors that feed a loss op or a label-dependent op, keeping
-  the earliest (logits win over their argmax): a guess too.  Guessed outputs are marked
+  machinery, not shape arithmetic, not only feeding training-mode branches).  Every output
+  tensor of a *sink* node is an output — a node nothing reads (two heads: two outputs; a final
+  ``tf.split``: each piece, in index order), or one read only by training machinery; a batch
+  norm's statistics (``:1``…) never are.  Only the latter is a guess.  An unread output of a
+  node whose other outputs are read (``top_k``'s indices) is no output (:func:`find_outputs`).
+  A graph with no sink (a training graph whose ends are all losses) falls back to the tensors
+  that feed a loss op or a label-dependent op, keeping the earliest (logits win over their
+  argmax): a guess too.  Guessed outputs are marked
   (:class:`Outputs` ``.guessed``) and the candidates listed; nothing is refused for ambiguity.
   In a graph holding training machinery every default is a guess.  Unread loop ``Exit``s,
   shape arithmetic, and — when some candidate goes through a weighted layer — candidates that
@@ -155,7 +158,19 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
                  exclude: set[str] = frozenset()) -> Outputs:
     """The default outputs (see the module docstring).  ``exclude``: nodes that fed only
     training-mode computations (never outputs).  Raises InputError only when nothing at all is
-    computed from the inputs."""
+    computed from the inputs.
+
+    A sink node gives every one of its output tensors, in index order (``split:0``,
+    ``split:1``), as many as its op registers (:func:`_terminal_tensors`); a batch norm gives
+    only ``:0`` (its statistics and reserve spaces are training by-products).
+
+    Decision: an unread output of a node that is read elsewhere is *not* a default output.
+    When ``top_k``'s values feed the rest of the model and its indices are read by nothing, the
+    graph's author took the values and dropped the indices; the same shape is common for
+    by-products no one means as a result — a batch norm's statistics, ``max_pool_with_argmax``'s
+    argmax, an LSTM cell's gate values, the pieces of a ``split`` the model discards — and making
+    each an output would convert and verify tensors the model does not produce, and change the
+    exported model's signature.  Name such a tensor with ``--outputs`` to keep it."""
     cons = _consumer_map(g)
     training = training_machinery(g)
     input_nodes = {node_of(t) for t in inputs}
@@ -184,9 +199,8 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
     sinks, after_training = _prefer_weighted(g, cons, sinks, after_training)
     if sinks or after_training:
         position = {name: i for i, name in enumerate(g.nodes)}
-        chosen = sorted(sinks + after_training, key=position.__getitem__)
-        return Outputs([f"{n}:0" for n in chosen], guessed=bool(after_training or training),
-                       candidates=[f"{n}:0" for n in chosen])
+        chosen = [t for n in sorted(sinks + after_training, key=position.__getitem__) for t in _terminal_tensors(g, n)]
+        return Outputs(chosen, guessed=bool(after_training or training), candidates=list(chosen))
     earliest = []
     for name in feeders:
         upstream = g.ancestors([name], control=False) - {name}
@@ -198,6 +212,31 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
     if not earliest:
         raise InputError("cannot tell the model's outputs (no tensor is computed from the inputs alone); pass --outputs")
     return Outputs([f"{n}:0" for n in earliest], guessed=True, candidates=[f"{n}:0" for n in feeders])
+
+
+def _terminal_tensors(g: Graph, name: str) -> list[str]:
+    """The output tensors of sink node ``name``, in index order: as many as its op registers
+    (``Split``'s ``num_split``, ``TopKV2``'s two); ``:0`` alone for a batch norm (its other
+    outputs are statistics) or when the count is unknown (a library function's call, no
+    TensorFlow)."""
+    node = g.nodes[name]
+    count = 1 if node.op in _BN_STATS else _output_count(node)
+    return [f"{name}:{i}" for i in range(max(count or 1, 1))]
+
+
+def _output_count(node) -> int | None:
+    """How many output tensors ``node`` has by its op's registered signature, else None."""
+    try:
+        from .tfproto import tf
+
+        tf()
+        from tensorflow.python.framework import op_def_registry
+
+        from .load import _arg_count
+    except Exception:  # noqa: BLE001 - no TensorFlow: the count is unknown
+        return None
+    op_def = op_def_registry.get(node.op)
+    return None if op_def is None else _arg_count(op_def, op_def.output_arg, node)
 
 
 def _prefer_weighted(g: Graph, cons, *groups: list[str]) -> tuple[list[str], ...]:

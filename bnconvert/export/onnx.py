@@ -272,6 +272,32 @@ def _tf2onnx_steps(tf, graph_def, inputs, outputs, opset, shape_override):
     return g.make_model("converted from unknown")
 
 
+@contextlib.contextmanager
+def _fed_as_placeholders(graph_def, inputs: list[str]):
+    """Within the block, each ``PlaceholderWithDefault`` named in ``inputs`` is a plain
+    ``Placeholder`` (its default dropped); ``graph_def`` is restored afterwards.
+
+    tf2onnx turns a ``PlaceholderWithDefault`` into a graph input that is also an initializer
+    holding the default: an optional input, which onnxruntime does not list among the model's
+    inputs (``get_inputs``; it is an "overridable initializer"), so the model seemed to have no
+    input ``x:0`` at all and could not be verified.  An input the user feeds is an input: the
+    TFLite export drops the default the same way (:func:`bnconvert.export.tflite._convert`)."""
+    wanted = {_op_name(t) for t in inputs}
+    saved = []
+    try:
+        for node in graph_def.node:
+            if node.name in wanted and node.op == "PlaceholderWithDefault":
+                saved.append((node, node.op, list(node.input)))
+                node.op = "Placeholder"
+                del node.input[:]
+        yield
+    finally:
+        for node, op, inputs_ in saved:
+            node.op = op
+            del node.input[:]
+            node.input.extend(inputs_)
+
+
 def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, opset: int = 17,
                 input_shapes: dict[str, list[int]] | None = None, bn_form: str = "bnop") -> dict:
     """Convert with tf2onnx, check with ``onnx.checker``, write ``path`` atomically.
@@ -299,7 +325,8 @@ def export_onnx(graph_def, inputs: list[str], outputs: list[str], path: str, ops
     import tf2onnx
 
     try:
-        model = _tf2onnx(graph_def, inputs, outputs, opset, shape_override)
+        with _fed_as_placeholders(graph_def, inputs):
+            model = _tf2onnx(graph_def, inputs, outputs, opset, shape_override)
     except Exception as e:  # noqa: BLE001 - tf2onnx raises ValueError/KeyError/RuntimeError/...
         msg = _one_line(e)
         if "nsupported" in msg or "not supported" in msg:

@@ -18,19 +18,24 @@ TFLITE_NOTE = "tflite: layers not compared (TFLite fuses the BN boundary into it
 
 def expose_onnx(model_path, tensors: list[str]):
     """``(model bytes, found)``: a copy of the ONNX model that also outputs the ``tensors`` it
-    computes in its main graph; ``found`` lists those (TF names, which are also the ONNX names)."""
+    computes in its main graph; ``found`` lists those (TF names, which are also the ONNX names).
+
+    An added output takes its type from the model's ``value_info`` when listed there, and is
+    otherwise added without one: onnxruntime takes it from the node that computes the tensor.
+    (No type is guessed: the type of some other tensor — the model's first output, int32 for
+    ``--outputs topk:1,topk:0`` — made onnxruntime refuse the copy.)"""
     import onnx
     from onnx import helper
 
     model = onnx.load(model_path)
     produced = {o for n in model.graph.node for o in n.output}
     have = {o.name for o in model.graph.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
-    default = next(iter(types.values()), onnx.TensorProto.FLOAT)
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info if v.type.tensor_type.elem_type}
     found = []
     for t in dict.fromkeys(tensors):
         if t in produced and t not in have:
-            model.graph.output.append(helper.make_tensor_value_info(t, types.get(t, default), None))
+            model.graph.output.append(helper.make_tensor_value_info(t, types[t], None) if t in types
+                                      else onnx.ValueInfoProto(name=t))
             found.append(t)
         elif t in have:
             found.append(t)
