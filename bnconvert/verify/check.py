@@ -310,33 +310,34 @@ def compare_runs(ref: dict, lref: dict, probes: list, skipped: list[str], entrie
     :class:`TFLiteLayers` (intermediates matched by their fused names).
 
     The runtimes run ``jobs`` at a time (:func:`bnconvert.schedule.parallel`), together with the
-    calls ``beside`` (the power check: they keep their own results); the comparisons are made
-    afterwards, in the order of ``entries``."""
+    calls ``beside`` (the power check: they keep their own results).  Each runtime is compared
+    as soon as its results arrive, in the thread that waited for them, and its tensors are
+    dropped then: this process holds the reference and at most ``jobs`` runtimes' tensors, not
+    every runtime's (DenseNet-121: ~100 MB of layer rows each).  The result keeps the order of
+    ``entries``."""
     from .. import schedule
     from .compare import compare as compare_outputs
 
-    def timed(runtime, file, fn):
+    def checked(runtime, file, fn):
         t = time.perf_counter()
         try:
             with naming(file), progress.stage(f"verify {runtime}"):
-                return fn()
+                got, pick = fn()
         finally:
             if timings is not None:
                 timings[f"verify_{runtime}"] = time.perf_counter() - t
-
-    calls = [lambda e=e: timed(*e) for e in entries] + list(beside)
-    ran = schedule.parallel(calls, jobs)[:len(entries)]
-    result = {}
-    for (runtime, file, _), (got, pick) in zip(entries, ran):
         notes = [n for n in ("TF32 off (use_tf32=0)" if "CUDA" in runtime else "", note) if n]
         if isinstance(pick, TFLiteLayers):
             rows, miss = pick.rows(lref, got)
         else:
             rows, miss = _layer_rows(probes, lref, got, pick, either)
-        c = compare_outputs(ref, got, runtime=runtime, file=os.path.basename(file), note="; ".join(notes),
-                            samples=info.get("samples"), layers=rows, layers_skipped=list(skipped) + miss, **tol)
-        result[runtime] = c.to_dict()
-    return result
+        return compare_outputs(ref, got, runtime=runtime, file=os.path.basename(file), note="; ".join(notes),
+                               samples=info.get("samples"), layers=rows, layers_skipped=list(skipped) + miss,
+                               **tol).to_dict()
+
+    calls = [lambda e=e: checked(*e) for e in entries] + list(beside)
+    done = schedule.parallel(calls, jobs)[:len(entries)]
+    return {runtime: c for (runtime, _, _), c in zip(entries, done)}
 
 
 class TFLiteLayers:

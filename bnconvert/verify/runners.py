@@ -427,16 +427,48 @@ def run_onnx_probes(path, runs: list[dict], outputs: list[str], probes: list[str
 
 
 def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows=None, extra_feeds=None):
-    """:func:`run_onnx_probes` in this process."""
+    """:func:`run_onnx_probes` in this process.
+
+    The outputs come from the model file as written, on every whole run: the verdict is on the
+    model that ships, with onnxruntime's fusions as they apply to it (a graph output in the
+    middle of a Conv+Relu keeps onnxruntime from fusing them).  Then that session is released
+    and the probes come from the exposing copy; when they are cut to ``layer_rows`` rows and the
+    model's batch is free, on those first rows only (like TensorFlow's and TFLite's layer
+    passes), so this process never holds every layer of the whole batch at once — DenseNet-121
+    at batch 8 with its 121 BN layers exposed: ~0.5 GB."""
     from .expose import expose_onnx
 
+    extra = extra_feeds or {}
+    sess = onnx_session(path, provider)
+    results = [run_onnx_here(None, {**f, **extra}, outputs, session=sess) for f in runs]
+    del sess
+    if not probes:
+        return results, []
     data, found = expose_onnx(path, probes)
+    fetch = [t for t in found if t not in outputs]
+    if not fetch:
+        return results, found
     sess = onnx_session(data, provider)
     del data
-    fetch = list(outputs) + [t for t in found if t not in outputs]
-    results = [trim_rows(run_onnx_here(None, {**f, **(extra_feeds or {})}, fetch, session=sess), outputs, layer_rows)
-               for f in runs]
+    for f, got in zip(runs, results):
+        feeds = {**f, **extra}
+        cut = layer_rows is not None and _rows(f) > layer_rows and _onnx_free_batch(sess, feeds)
+        layers = run_onnx_here(None, _head(feeds, layer_rows) if cut else feeds, fetch, session=sess)
+        got.update(trim_rows(layers, (), layer_rows))
     return results, found
+
+
+def _onnx_free_batch(sess, feeds: dict) -> bool:
+    """Every fed input with a batch dimension has it symbolic in the model (a smaller batch can
+    be fed); an input the model declares without a shape does not count as free."""
+    meta = {i.name: i for i in sess.get_inputs()}
+    in_map, _ = match_names(list(feeds), list(meta), "the ONNX model's inputs", by_order=False)
+    for k, v in feeds.items():
+        if np.ndim(v):
+            shape = meta[in_map[k]].shape
+            if not shape or len(shape) != np.ndim(v) or isinstance(shape[0], int):
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------------- TFLite
