@@ -49,6 +49,11 @@ _LOSS_OPS = {
 #: losses whose output :1 is the gradient w.r.t. the logits (read only by tf.gradients)
 _BACKPROP_OUTPUT = {"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits", "CTCLoss", "CTCLossV2"}
 _BN_STATS = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
+#: multi-output ops whose other outputs are by-products, not results: the results' indices
+#: (a pooling's argmax, a quantizer's range, an LSTM/GRU cell's gate values; ``Quantized*`` ops'
+#: ``:1``/``:2`` are their output range too)
+_RESULT_OUTPUTS = {"MaxPoolWithArgmax": (0,), "QuantizeV2": (0,), "_FusedBatchNormEx": (0,),
+                   "LSTMBlockCell": (1, 6), "BlockLSTM": (1, 6), "BlockLSTMV2": (1, 6), "GRUBlockCell": (3,)}
 _NOT_OUTPUT = {
     "Const", "NoOp", "Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs", "Assert",
     "Placeholder", "PlaceholderWithDefault", "Switch", "Merge", "Exit",
@@ -217,10 +222,15 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
 def _terminal_tensors(g: Graph, name: str) -> list[str]:
     """The output tensors of sink node ``name``, in index order: as many as its op registers
     (``Split``'s ``num_split``, ``TopKV2``'s two); ``:0`` alone for a batch norm (its other
-    outputs are statistics) or when the count is unknown (a library function's call, no
-    TensorFlow)."""
+    outputs are statistics), a loss (its ``:1`` is a gradient), a quantized op (its range) or
+    when the count is unknown (a library function's call, no TensorFlow); the results alone for
+    the ops of :data:`_RESULT_OUTPUTS`."""
     node = g.nodes[name]
-    count = 1 if node.op in _BN_STATS else _output_count(node)
+    if node.op in _RESULT_OUTPUTS:
+        return [f"{name}:{i}" for i in _RESULT_OUTPUTS[node.op]]
+    if node.op in _BN_STATS or node.op in _BACKPROP_OUTPUT or node.op.startswith("Quantized"):
+        return [f"{name}:0"]
+    count = _output_count(node)
     return [f"{name}:{i}" for i in range(max(count or 1, 1))]
 
 

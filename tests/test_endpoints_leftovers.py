@@ -114,6 +114,23 @@ def test_default_outputs_of_a_final_top_k_and_of_a_partly_read_one(graphs):
     assert endpoints.default_outputs(Graph(g.as_graph_def()), ["x:0"]) == ["bn:0"]
 
 
+def test_a_final_op_with_by_product_outputs_gives_its_result_only():
+    """A pooling's argmax, a quantizer's range: outputs of a final node that are not results
+    (endpoints._RESULT_OUTPUTS) are not made default outputs."""
+    from bnconvert import endpoints
+    from bnconvert.graph import Graph
+
+    tf = _tf()
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 3], name="x")
+        h = tf.nn.conv2d(x, tf.ones([1, 1, 3, 3]), [1, 1, 1, 1], "SAME")
+        tf.nn.max_pool_with_argmax(h, 2, 2, "SAME", name="pool")
+        tf.quantization.quantize(tf.nn.relu(h), 0.0, 6.0, tf.quint8, name="q")
+    outs = endpoints.default_outputs(Graph(g.as_graph_def()), ["x:0"])
+    assert outs == ["pool:0", "q:0"], outs
+
+
 # -------------------------------------------------------------- 2. a node's outputs in any order
 
 @pytest.mark.parametrize("outputs", [["topk:1", "topk:0"], ["topk:0", "topk:1"], ["topk:1"]])

@@ -84,3 +84,34 @@ def test_a_fixed_batch_runs_whole_then_cuts(model, tmp_path):
 def test_no_probes_found_runs_the_file_once(model):
     results, found = runners.run_onnx_probes_here(model["path"], model["runs"], model["outputs"], ["no/such:0"])
     assert found == [] and set(results[0]) == set(model["outputs"])
+
+
+def test_compare_feeds_a_placeholder_with_default_that_tf2onnx_made_an_initializer(tmp_path):
+    """Stock tf2onnx writes a ``PlaceholderWithDefault`` named as an input as a graph input that is
+    also an initializer (the default); onnxruntime lists it among the overridable initializers
+    only.  ``bnconvert.compare`` on such a file (made by anything) must still feed it."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf2onnx
+
+    rs = np.random.RandomState(0)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder_with_default(tf.constant(rs.randn(2, 4).astype("f")), [None, 4], name="x")
+        h = tf.reshape(tf.matmul(x, tf.constant(rs.randn(4, 6).astype("f"))), [-1, 1, 1, 6])
+        y = tf.compat.v1.nn.fused_batch_norm(
+            h, tf.constant(rs.rand(6).astype("f") + .5), tf.constant(rs.randn(6).astype("f") * .1),
+            mean=tf.constant(rs.randn(6).astype("f") * .1), variance=tf.constant(rs.rand(6).astype("f") + .5),
+            is_training=False, name="bn")[0]
+        tf.nn.relu(tf.reshape(y, [-1, 6]), name="out")
+    pb = tmp_path / "pwd.pb"
+    pb.write_bytes(g.as_graph_def().SerializeToString())
+    model, _ = tf2onnx.convert.from_graph_def(g.as_graph_def(), input_names=["x:0"], output_names=["out:0"])
+    path = tmp_path / "stock.onnx"
+    path.write_bytes(model.SerializeToString())
+    sess = runners.onnx_session(str(path))
+    assert "x:0" not in [i.name for i in sess.get_inputs()]  # the shape of the problem
+    assert "x:0" in [i.name for i in sess.get_overridable_initializers()]
+    result = bnconvert.compare(str(pb), str(path), inputs=["x:0"], outputs=["out:0"], batch=3)
+    v = result["onnx:CPUExecutionProvider"]
+    assert v["ok"] and v["outputs"][0]["reference_shape"][-1] == 6, v

@@ -988,6 +988,7 @@ def render(res: dict, meta: dict) -> str:
            f"{CAP_FACTOR}× bnconvert's time, at least {CAP_MIN:.0f} s); latency: up to {meta['runs']} runs per model",
          "- at real size (a 100 MB ResNet-50 against tf2onnx's CLI, child-process costs): "
          "docs/BENCHMARKS_REAL_SIZE.md (`tools/bench_real.py`; ResNet-50, Inception-v3, DenseNet-121, memory vs model size, latency against tf2onnx; the memory design in docs/MEMORY.md)",
+         "- the exported form of a BN that cannot be folded (DenseNet-121's 62 BNs after a concat) against tf2onnx on the hand-edited graph, with an A/A control and per-node kernel times: docs/BENCH_BNFORM.md (`tools/bench_bnform.py`)",
          "", "## Targets", "", targets_md(res, meta), ""]
     L += graphs_md(res)
     L += stages_md(res)

@@ -23,7 +23,7 @@ Each command runs alone, one after the other, as a user runs it:
 - the same on ``model.const_flag.pb``, the flag placeholder replaced by a constant False.
 
 ``--latency`` then times the three ONNX models in onnxruntime (CPU; batch 1 and 32; one thread
-and all cores).  Memory is sampled every 50 ms over the command's whole process tree
+and all cores; interleaved runs, median).  Memory is sampled every 50 ms over the command's whole process tree
 (bnconvert's forkserver and stage children included): **sum RSS** adds every process's resident
 set (pages shared between the forkserver and its children are counted once per process: an upper
 bound); **tree memory** counts each process's private pages (USS) plus the largest shared part
@@ -192,7 +192,11 @@ def commands(model: str, facts: dict, out: str) -> dict[str, list[str]]:
 
 
 def latency(files: dict[str, str], facts: dict, side: int, batches=(1, 32), threads=(1, 0)) -> list[dict]:
-    """ONNX Runtime (CPU) latency of each converted model: median of a few runs after a warm-up.
+    """ONNX Runtime (CPU) latency of each converted model: the models' runs interleaved, the
+    order rotated every round (load on the machine hits all of them alike), median after a
+    warm-up run.  Timed one model after another, a busy moment can fall on one model alone (this
+    table once showed bnconvert's DenseNet-121 at 1.29× the hand-edited model's; interleaved,
+    and per node in onnxruntime's profiler, they are the same: ``tools/bench_bnform.py``).
 
     ``threads`` 0 means onnxruntime's default (all cores).  A training flag the model still takes
     as an input (tf2onnx as users run it) is fed False."""
@@ -203,23 +207,30 @@ def latency(files: dict[str, str], facts: dict, side: int, batches=(1, 32), thre
     for batch in batches:
         x = np.random.default_rng(0).random((batch, side, side, 3), dtype=np.float32)
         for nthreads in threads:
+            sessions, feeds, times = {}, {}, {}
             for label, path in files.items():
                 if not os.path.exists(path):
                     continue
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = nthreads
+                so.inter_op_num_threads = 1
                 so.log_severity_level = 3
-                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-                feeds = {i.name: (np.array(False) if i.type == "tensor(bool)" else x) for i in sess.get_inputs()}
-                sess.run(None, feeds)
-                times = []
-                for _ in range(3 if batch > 8 else 10):
+                sessions[label] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+                feeds[label] = {i.name: (np.array(False) if i.type == "tensor(bool)" else x)
+                                for i in sessions[label].get_inputs()}
+                sessions[label].run(None, feeds[label])
+                times[label] = []
+            order = list(sessions)
+            for r in range(5 if batch > 8 else 30):
+                for label in order[r % len(order):] + order[:r % len(order)]:
                     t = time.perf_counter()
-                    sess.run(None, feeds)
-                    times.append(time.perf_counter() - t)
+                    sessions[label].run(None, feeds[label])
+                    times[label].append(time.perf_counter() - t)
+            for label in order:
                 rows.append({"model": label, "batch": batch, "threads": nthreads or "all",
-                             "ms": round(1000 * sorted(times)[len(times) // 2], 2)})
+                             "ms": round(1000 * float(np.median(times[label])), 2)})
                 print(json.dumps(rows[-1]), flush=True)
+            del sessions
     return rows
 
 

@@ -495,23 +495,27 @@ def onnx_static_batch(path, inputs: list[str]) -> int | None:
     return dims.pop() if len(dims) == 1 and None not in dims else None
 
 
-def converted_inputs(path: str) -> list[tuple[str, list, str]]:
-    """``[(name, shape, dtype)]`` of an ONNX or TFLite model's inputs."""
+def converted_inputs(path: str) -> list[tuple[str, list, str, bool]]:
+    """``[(name, shape, dtype, required)]`` of an ONNX or TFLite model's inputs.  Not required:
+    an ONNX model's inputs that have a default (onnxruntime's overridable initializers: tf2onnx
+    writes a ``PlaceholderWithDefault`` so; in a model of IR version < 4 every weight is one)."""
     from .runners import onnx_session, tflite_interpreter
 
     if path.endswith(".onnx"):
         sess = onnx_session(path, "cpu")
-        return [(i.name, list(i.shape), i.type) for i in sess.get_inputs()]
+        return [(i.name, list(i.shape), i.type, True) for i in sess.get_inputs()] + \
+            [(i.name, list(i.shape), i.type, False) for i in sess.get_overridable_initializers()]
     it = tflite_interpreter(path)
-    return [(d["name"], list(d["shape"]), str(np.dtype(d["dtype"]))) for d in it.get_input_details()]
+    return [(d["name"], list(d["shape"]), str(np.dtype(d["dtype"])), True) for d in it.get_input_details()]
 
 
 def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[dict, str]:
     """Training flags the converted model still takes as inputs, fed as False (or as set), and
     a clear error for inputs on either side that the other lacks."""
     have = converted_inputs(path)
-    names = [n for n, _, _ in have]
-    norm = {_bare(n): (n, shape) for n, shape, _ in have}
+    required = {n for n, _, _, req in have if req}
+    names = [n for n, _, _, _ in have]
+    norm = {_bare(n): (n, shape) for n, shape, _, _ in reversed(have)}  # an input before a default
     extra, fed = {}, []
     for flag, value in flags.items():
         hit = norm.get(_bare(flag))
@@ -521,12 +525,12 @@ def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[di
             fed.append(f"{hit[0]}={str(bool(value)).lower()}")
     rest = [n for n in names if n not in extra]
     missing = [t for t in inputs if _bare(t) not in {_bare(n) for n in rest}]
-    unknown = [n for n in rest if _bare(n) not in {_bare(t) for t in inputs}]
+    unknown = [n for n in rest if n in required and _bare(n) not in {_bare(t) for t in inputs}]
     by_order_ok = path.endswith(".tflite") and len(rest) == len(inputs)  # TFLite may rename; run_tflite matches by order
     if (missing or unknown) and not by_order_ok:
         if missing:
             raise InputError(f"the converted model has no input for '{missing[0]}' (its inputs: "
-                             f"{', '.join(names)}; the original's: {', '.join(inputs)})")
+                             f"{', '.join(n for n in names if n in required)}; the original's: {', '.join(inputs)})")
         raise InputError(f"the converted model takes input '{unknown[0]}', which is neither an input of the "
                          f"original ({', '.join(inputs)}) nor a training flag; name the inputs with --inputs")
     return extra, ("fed " + ", ".join(fed)) if fed else ""

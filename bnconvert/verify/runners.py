@@ -392,13 +392,12 @@ def run_onnx_here(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str
     (from :func:`onnx_session`) to reuse one. Float inputs are cast to the model's input type.
     """
     sess = session if session is not None else onnx_session(path_or_bytes, provider)
-    in_meta = {i.name: i for i in sess.get_inputs()}
+    metas = _onnx_feed_meta(sess, feeds)
     out_names = [o.name for o in sess.get_outputs()]
-    in_map, _ = match_names(list(feeds), list(in_meta), "the ONNX model's inputs", by_order=False)
     out_map, _ = match_names(list(outputs), out_names, "the ONNX model's outputs", by_order=False)
     ort_feeds = {}
     for tf_name, value in feeds.items():
-        meta = in_meta[in_map[tf_name]]
+        meta = metas[tf_name]
         arr = np.asarray(value)
         want = _ORT_TYPES.get(meta.type)
         if want is not None and arr.dtype != want:
@@ -458,14 +457,30 @@ def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows
     return results, found
 
 
+def _onnx_feed_meta(sess, feeds: dict) -> dict:
+    """``{TF name: onnxruntime NodeArg}`` for each feed: the model's inputs, else its overridable
+    initializers too — tf2onnx writes a ``PlaceholderWithDefault`` as a graph input that is also
+    an initializer holding the default, which onnxruntime lists only there."""
+    inputs = {i.name: i for i in sess.get_inputs()}
+    try:
+        in_map, _ = match_names(list(feeds), list(inputs), "the ONNX model's inputs", by_order=False)
+    except InputError as first:
+        over = {i.name: i for i in sess.get_overridable_initializers() if i.name not in inputs}
+        try:
+            in_map, _ = match_names(list(feeds), list(inputs) + list(over), "", by_order=False)
+        except InputError:
+            raise first from None  # named against the inputs: the initializers are the weights
+        inputs.update(over)
+    return {k: inputs[v] for k, v in in_map.items()}
+
+
 def _onnx_free_batch(sess, feeds: dict) -> bool:
     """Every fed input with a batch dimension has it symbolic in the model (a smaller batch can
     be fed); an input the model declares without a shape does not count as free."""
-    meta = {i.name: i for i in sess.get_inputs()}
-    in_map, _ = match_names(list(feeds), list(meta), "the ONNX model's inputs", by_order=False)
+    metas = _onnx_feed_meta(sess, feeds)
     for k, v in feeds.items():
         if np.ndim(v):
-            shape = meta[in_map[k]].shape
+            shape = metas[k].shape
             if not shape or len(shape) != np.ndim(v) or isinstance(shape[0], int):
                 return False
     return True
