@@ -23,7 +23,8 @@ Decisions (for pipelines that call bnconvert):
   ``KeyboardInterrupt``.
 - **Arguments are checked**: names (``inputs``, ``outputs``, ``only``, ``to``, ``providers``)
   are one comma-separated string or a sequence of strings; ``set_flags`` values must be bools
-  (``{"phase": "false"}`` is an error, not True); flags like ``verify``/``force`` must be bools;
+  for bool placeholders or numbers for scalar numeric ones (``{"keep_prob": 1.0}``;
+  ``{"phase": "false"}`` is an error, not True); flags like ``verify``/``force`` must be bools;
   tensor names may be given with or without ``":0"`` (``input_shapes={"x": [...]}``).
 - **Logging**: TensorFlow/absl/tf2onnx logging is silenced while a call runs and restored
   afterwards (:mod:`bnconvert.logs`); bnconvert's own messages go to the ``"bnconvert"`` logger.
@@ -129,17 +130,30 @@ def _bool(value, what: str) -> bool:
     raise InputError(f"{what}: expected True or False, got {_type(value)}")
 
 
-def _flags(value) -> dict[str, bool] | None:
-    """``set_flags``: {name: bool}; keys with or without ``":0"``."""
+def _flag_value(value, what: str) -> bool | float:
+    """A bool (a training flag), or a finite number (a numeric placeholder such as keep_prob)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
+        return float(value)
+    raise InputError(f"{what}: expected True, False or a finite number, got {_type(value)}")
+
+
+def _flags(value) -> dict[str, bool | float] | None:
+    """``set_flags``: {name: bool or number}; keys with or without ``":0"``."""
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InputError(f"set_flags: expected a dict {{name: True/False}}, got {_type(value)}")
+        raise InputError(f"set_flags: expected a dict {{name: value}}, got {_type(value)}")
     out = {}
     for k, v in value.items():
         if not isinstance(k, str) or not k.strip():
             raise InputError(f"set_flags: flag names must be strings, got {_type(k)}")
-        out[node_of(k.strip())] = _bool(v, f"set_flags['{k}']")
+        out[node_of(k.strip())] = _flag_value(v, f"set_flags['{k}']")
     return out
 
 
@@ -299,6 +313,8 @@ def fold(
         "switches_resolved": inf.switches_resolved, "merges_resolved": inf.merges_resolved,
         "dead_nodes_removed": inf.dead_removed, "control_deps_dropped": inf.control_deps_dropped,
     }
+    if inf.dropout_draws_removed:  # keep probability 1: the draws are zeros (inference.find_dropout_params)
+        report.inference["dropout_draws_zeroed"] = list(inf.dropout_draws_removed)
     report.inputs, report.outputs = ins, outs
     report.outputs_guessed, report.output_candidates = a.outputs_guessed, a.output_candidates
     g.prune(outs, keep=[node_of(t) for t in ins])

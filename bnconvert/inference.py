@@ -4,6 +4,11 @@
    a ``cond`` (they reach the predicate input of a ``Switch``, possibly through Identity nodes
    such as ``cond/pred_id`` and through the ``Enter`` that carries them into a while loop).
    Each becomes a ``Const`` holding False (or what ``--set`` says).
+   **Dropout parameters** are set the same way: a float placeholder that feeds a dropout —
+   compared with (or, before TF 1.13, added to) a ``RandomUniform`` — as its keep probability
+   (through ``1 - p``, or added to the noise) becomes 1.0, as its rate 0.0: inference keeps every
+   unit, the classic TF1 ``keep_prob`` placeholder included (:func:`find_dropout_params`).
+   ``--set NAME=NUMBER`` sets any scalar numeric placeholder to a constant.
 2. **Cond pruning** resolves only the conds those constants decide: a ``Switch`` whose predicate
    is a constant (through Identity/Enter) has one dead output.  Deadness propagates forward
    through data and control edges, exactly as TensorFlow's executor does.  A ``Merge`` with one
@@ -47,11 +52,22 @@ _PASS_THROUGH = _IDENTITY_LIKE + ("Enter",)
 DT_BOOL = 10
 
 
+_FLOAT_TYPES = {1: np.float32, 2: np.float64, 19: np.float16}
+_NUMERIC_TYPES = {**_FLOAT_TYPES, 3: np.int32, 9: np.int64, 4: np.uint8, 5: np.int16, 6: np.int8}
+#: uniform noise in [0, 1) (scaled by constants): a dropout's; with the keep probability 1 (rate 0)
+#: every draw keeps every unit
+_RANDOM = ("RandomUniform", "StatelessRandomUniform", "StatelessRandomUniformV2")
+#: ops a dropout's noise passes through on its way to the comparison (``min + (max-min)·u``)
+_NOISE_PATH = ("Mul", "Add", "AddV2", "Identity", "Cast")
+
+
 @dataclass
 class InferenceResult:
-    flags: dict[str, bool] = field(default_factory=dict)  # "phase:0" -> value set
+    flags: dict[str, bool | float] = field(default_factory=dict)  # "phase:0" -> value set
     switches_resolved: int = 0
     merges_resolved: int = 0
+    #: dropout draws replaced by zeros (their keep probability set to 1)
+    dropout_draws_removed: list[str] = field(default_factory=list)
     dead_removed: int = 0
     control_deps_dropped: int = 0
     #: nodes that fed only training-mode computations: they lost every consumer here
@@ -79,9 +95,11 @@ def find_training_flags(g: Graph) -> list[str]:
     return sorted(flags)
 
 
-def parse_set(items: list[str] | None) -> dict[str, bool]:
-    """``["phase=false", "keras_learning_phase:0=0"]`` -> {"phase": False, ...}."""
-    out: dict[str, bool] = {}
+def parse_set(items: list[str] | None) -> dict[str, bool | float]:
+    """``["phase=false", "keras_learning_phase:0=0", "keep_prob=1.0"]`` ->
+    {"phase": False, ..., "keep_prob": 1.0}: true/false words (and 1/0) are bools, other
+    numbers floats (a numeric placeholder takes 1/0 as numbers too, :func:`to_inference`)."""
+    out: dict[str, bool | float] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
@@ -92,28 +110,157 @@ def parse_set(items: list[str] | None) -> dict[str, bool]:
         elif v in ("1", "true", "yes", "on"):
             out[node_of(name.strip())] = True
         else:
-            raise InputError(f"--set '{item}': value must be true or false")
+            try:
+                number = float(v)
+            except ValueError:
+                number = float("nan")
+            if not np.isfinite(number):
+                raise InputError(f"--set '{item}': value must be true, false or a finite number")
+            out[node_of(name.strip())] = number
     return out
 
 
-def to_inference(g: Graph, overrides: dict[str, bool] | None = None) -> InferenceResult:
-    """Set training flags and prune every cond they decide.  Edits ``g`` in place."""
+def find_dropout_params(g: Graph) -> dict[str, tuple[float, set[str]]]:
+    """``{placeholder: (value, noise nodes)}`` for the float placeholders that are a dropout's keep
+    probability (value 1.0) or rate (0.0), by the dropout's structure, not by name; the noise
+    nodes are the random ops that dropout draws from.
+
+    A candidate is a scalar (or unknown-rank) float placeholder.  Followed forward through
+    Identity-likes, ``Cast`` and ``Sub(1, p)`` (TF >= 1.13 writes ``keep_prob`` as
+    ``rate = 1 - keep_prob``), it must reach a comparison with noise from a ``RandomUniform``
+    (``random >= rate``: the keep mask) or, before TF 1.13, an ``Add`` with that noise feeding a
+    ``Floor`` (``floor(keep_prob + random)``).  The noise must be a uniform draw in [0, 1): with
+    the keep probability 1 (rate 0) every draw keeps every unit, so :func:`to_inference` also
+    replaces the draw by zeros (a deterministic model with the same values; nothing random is
+    exported).  Every other reader on the way may only be the
+    dropout's scaling (``x / keep_prob``, ``1 / (1 - rate)``).  Reached through an odd number
+    of ``1 - p`` it is a keep probability, else a rate."""
+    out: dict[str, tuple[float, set[str]]] = {}
+    for n in list(g.nodes.values()):
+        if n.op not in _PLACEHOLDERS or n.attr["dtype"].type not in _FLOAT_TYPES or not _scalar_like(n):
+            continue
+        found = _dropout_kind(g, n.name)
+        if found is not None:
+            out[n.name] = (1.0 if found[0] == "keep" else 0.0, found[1])
+    return out
+
+
+def _scalar_like(node) -> bool:
+    shape = node.attr["shape"].shape if "shape" in node.attr else None
+    return shape is None or shape.unknown_rank or all(d.size == 1 for d in shape.dim)
+
+
+def _from_noise(g: Graph, tensor: str, hops: int = 4) -> str | None:
+    """The uniform random op ``tensor`` is computed from, through the noise's own arithmetic
+    (``min + (max - min)·u`` with ``min`` 0: the draw stays in [0, 1)), else None."""
+    for _ in range(hops + 1):
+        n = g.get(tensor)
+        if n is None:
+            return None
+        if n.op in _RANDOM:
+            return n.name
+        if n.op not in _NOISE_PATH:
+            return None
+        consts = [g.const(t) for t in g.inputs(n)]
+        ins = [t for t, c in zip(g.inputs(n), consts) if c is None]  # the noise, not min/max
+        known = [c for c in consts if c is not None]
+        if len(ins) != 1 or (n.op in ("Add", "AddV2") and any(np.any(c != 0) for c in known)) \
+                or (n.op == "Mul" and any(np.any((c < 0) | (c > 1)) for c in known)):
+            return None  # the draw leaves [0, 1)
+        tensor = ins[0]
+    return None
+
+
+def _dropout_kind(g: Graph, name: str) -> tuple[str, set[str]] | None:
+    """``("keep" or "rate", noise nodes)`` if placeholder ``name`` only parameterises a dropout
+    (see :func:`find_dropout_params`), else None."""
+    found: set[str] = set()
+    noise: set[str] = set()
+    todo = [(f"{name}:0", 0)]
+    seen = set()
+    while todo:
+        t, flips = todo.pop()
+        if (t, flips) in seen or len(seen) > 64:
+            return None
+        seen.add((t, flips))
+        readers = g.consumers(t)
+        if not readers:
+            continue
+        for reader, _ in readers:
+            r = g.nodes[reader]
+            others = [x for x in g.inputs(r) if x != t]
+            if r.op in _IDENTITY_LIKE or r.op == "Cast":
+                todo.append((f"{reader}:0", flips))
+            elif r.op == "Sub" and len(r.input) == 2 and tensor_name(r.input[1]) == t \
+                    and _is_one(g, tensor_name(r.input[0])):
+                todo.append((f"{reader}:0", flips + 1))
+            elif r.op == "GreaterEqual" and g.inputs(r)[1:] == [t] and _from_noise(g, g.inputs(r)[0]):
+                noise.add(_from_noise(g, g.inputs(r)[0]))  # the keep mask: noise >= rate
+                found.add("rate" if flips % 2 == 0 else "keep")
+            elif r.op in ("Add", "AddV2") and len(others) == 1 and _from_noise(g, others[0]) \
+                    and all(g.nodes[c].op == "Floor" for c, _ in g.consumers(f"{reader}:0")):
+                noise.add(_from_noise(g, others[0]))
+                found.add("keep" if flips % 2 == 0 else "rate")
+            elif r.op in ("RealDiv", "Div", "Reciprocal", "Mul", "Maximum", "Minimum"):
+                continue  # the scaling x / keep_prob, 1 / (1 - rate) (and its guards)
+            else:
+                return None  # read by something else: not only a dropout's parameter
+    return (found.pop(), noise) if len(found) == 1 else None
+
+
+def _is_one(g: Graph, tensor: str) -> bool:
+    v = g.const(tensor)
+    return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 1.0
+
+
+def to_inference(g: Graph, overrides: dict[str, bool | float] | None = None) -> InferenceResult:
+    """Set training flags and dropout parameters, and prune every cond the flags decide.  Edits
+    ``g`` in place.  ``overrides``: ``{placeholder: value}`` (``--set``): a bool placeholder takes
+    a bool, a scalar numeric one a number."""
     overrides = dict(overrides or {})
     flags = find_training_flags(g)
+    values: dict[str, np.ndarray] = {}
     for name in overrides:
         n = g.get(name)
         if n is None:
             raise InputError(f"--set: no node named '{name}' in the graph")
-        if n.op not in _PLACEHOLDERS or n.attr["dtype"].type != DT_BOOL:
-            raise InputError(f"--set: '{name}' is a {n.op}, not a bool placeholder")
-        if name not in flags:
-            flags.append(name)
+        if n.op not in _PLACEHOLDERS:
+            raise InputError(f"--set: '{name}' is a {n.op}, not a placeholder")
+        dtype = n.attr["dtype"].type
+        value = overrides[name]
+        if dtype == DT_BOOL:
+            if not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"--set: '{name}' is a bool placeholder: give true or false, not {value:g}")
+            if name not in flags:
+                flags.append(name)
+        elif dtype in _NUMERIC_TYPES:
+            if not _scalar_like(n):
+                raise InputError(f"--set: '{name}' is not a scalar placeholder (shape "
+                                 f"{[d.size for d in n.attr['shape'].shape.dim]}); only a scalar can be set")
+            np_type = _NUMERIC_TYPES[dtype]
+            if np.issubdtype(np_type, np.integer) and float(value) != int(value):
+                raise InputError(f"--set: '{name}' is an integer placeholder: give a whole number, not {value:g}")
+            values[name] = np.asarray(value, dtype=np_type)
+        else:
+            raise InputError(f"--set: '{name}' is a placeholder of a type --set cannot give (bool or number)")
+    noise: set[str] = set()
+    for name, (v, draws) in find_dropout_params(g).items():
+        if name not in overrides:
+            values[name] = np.asarray(v, dtype=_FLOAT_TYPES[g.nodes[name].attr["dtype"].type])
+        if float(values.get(name, np.nan)) == v:  # every unit kept: the draw no longer matters
+            noise |= draws
     res = InferenceResult()
     had_consumers = {name for name in g.nodes if g.all_consumers(name)}
     for name in sorted(flags):
-        value = overrides.get(name, False)
-        _replace_with_const(g, name, value)
+        value = bool(overrides.get(name, False))
+        _replace_with_const(g, name, np.array(value))
         res.flags[f"{name}:0"] = value
+    for name in sorted(values):
+        _replace_with_const(g, name, _shaped(g.nodes[name], values[name]))
+        res.flags[f"{name}:0"] = values[name].item()
+    for name in sorted(noise):
+        _zero_draw(g, name)
+    res.dropout_draws_removed = sorted(noise)
     _resolve_conds(g, res)
     keep = _placing_sources(g)
     for name in list(g.nodes):
@@ -122,13 +269,61 @@ def to_inference(g: Graph, overrides: dict[str, bool] | None = None) -> Inferenc
     return res
 
 
-def _replace_with_const(g: Graph, name: str, value: bool) -> None:
+def noise_path(g: Graph, draws) -> set[str]:
+    """The nodes whose values depend on the dropout ``draws`` only through the noise's own
+    arithmetic (the draws themselves, ``min + (max-min)·u``, ``keep_prob + u``): their values
+    change when a draw is zeroed; the keep mask after them does not."""
+    out, stack = set(), [d for d in draws if d in g.nodes]
+    while stack:
+        n = stack.pop()
+        if n in out:
+            continue
+        out.add(n)
+        stack.extend(c for c in g.all_consumers(n) if g.nodes[c].op in _NOISE_PATH)
+    return out
+
+
+def _zero_draw(g: Graph, name: str) -> None:
+    """Random op ``name`` (a dropout's uniform draw) becomes ``Fill(its shape, 0)``: a draw it
+    could make, the same for every run."""
+    old = g.nodes[name]
+    zero = type(old)()
+    zero.name = g.unique_name(f"{name}/bnconvert_zero")
+    zero.op = "Const"
+    zero.attr["dtype"].CopyFrom(old.attr["dtype"])
+    np_type = _FLOAT_TYPES.get(old.attr["dtype"].type, np.float32)
+    zero.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(np.zeros((), np_type)))
+    fill = type(old)()
+    fill.name = name
+    fill.op = "Fill"
+    control = [i for i in old.input if i.startswith("^")]  # a frame's placement stays
+    fill.input.extend([old.input[0], zero.name] + control)
+    zero.input.extend(control)
+    fill.attr["T"].CopyFrom(old.attr["dtype"])
+    fill.attr["index_type"].CopyFrom(old.attr["T"] if "T" in old.attr else old.attr["Tshape"])
+    if old.device:
+        fill.device = old.device
+    g.remove_node(name)
+    g.add_node(zero)
+    g.add_node(fill)
+
+
+def _shaped(node, value: np.ndarray) -> np.ndarray:
+    """``value`` in the placeholder's declared shape (all ones, e.g. ``[1]``), a scalar if it
+    declares none."""
+    shape = node.attr["shape"].shape if "shape" in node.attr else None
+    if shape is None or shape.unknown_rank:
+        return value
+    return value.reshape([1] * len(shape.dim))
+
+
+def _replace_with_const(g: Graph, name: str, value: np.ndarray) -> None:
     old = g.nodes[name]
     node = type(old)()
     node.name = name
     node.op = "Const"
-    node.attr["dtype"].CopyFrom(tfproto.type_attr(DT_BOOL))
-    node.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(np.array(value)))
+    node.attr["dtype"].CopyFrom(old.attr["dtype"])
+    node.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(value))
     g.remove_node(name)
     g.add_node(node)
 

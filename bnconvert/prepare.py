@@ -169,6 +169,12 @@ def _verification_facts(prep: Prepared, original_gd, folded_gd, report, power: b
     prep.probes, prep.probes_skipped = layer_probes(original_gd, folded_gd, report.layers, report.outputs)
     prep.original_ops = {n.name: n.op for n in original_gd.node}
     prep.fold_changed = fold_changed(original_gd, report.layers)
+    draws = (report.inference or {}).get("dropout_draws_zeroed")
+    if draws:  # zeros instead of a random draw: those noise tensors are not compared
+        from .graph import Graph
+        from .inference import noise_path
+
+        prep.fold_changed |= noise_path(Graph(original_gd, copy_nodes=False), draws)
     if power:
         from .verify.power import targets
 

@@ -44,12 +44,15 @@ def test_set_true_is_training_mode_and_refused():
 
 
 def test_set_rejects_non_flags():
-    with pytest.raises(InputError, match="not a bool placeholder"):
+    # x is the [None, N] float input: only a scalar placeholder can be set to a constant
+    with pytest.raises(InputError, match="'x' is not a scalar placeholder"):
         bnconvert.fold(os.path.join(FIXTURES, "mlp_moments.pb"), set_flags={"x": False})
     with pytest.raises(InputError, match="NAME=VALUE"):
         parse_set(["phase"])
-    with pytest.raises(InputError, match="true or false"):
+    with pytest.raises(InputError, match="true, false or a finite number"):
         parse_set(["phase=maybe"])
+    with pytest.raises(InputError, match="true, false or a finite number"):
+        parse_set(["keep_prob=nan"])
 
 
 def test_placeholder_with_default_flag():

@@ -107,7 +107,7 @@ def test_a_graph_def_where_a_path_is_needed_is_an_input_error(graph_def):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"set_flags": {"phase": "false"}}, r"set_flags\['phase'\]: expected True or False, got 'false'"),
+    ({"set_flags": {"phase": "false"}}, r"set_flags\['phase'\]: expected True, False or a finite number, got 'false'"),
     ({"set_flags": ["phase"]}, "set_flags: expected a dict"),
     ({"to": 5}, "to: expected a string or a sequence of strings"),
     ({"to": None}, "to: give at least one format"),

@@ -515,14 +515,17 @@ def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[di
     have = converted_inputs(path)
     required = {n for n, _, _, req in have if req}
     names = [n for n, _, _, _ in have]
-    norm = {_bare(n): (n, shape) for n, shape, _, _ in reversed(have)}  # an input before a default
+    norm = {_bare(n): (n, shape, dtype) for n, shape, dtype, _ in reversed(have)}  # an input before a default
     extra, fed = {}, []
     for flag, value in flags.items():
         hit = norm.get(_bare(flag))
         if hit is not None:
+            from .runners import _ORT_TYPES
+
             shape = [d if isinstance(d, int) and d > 0 else 1 for d in hit[1]]
-            extra[hit[0]] = np.full(shape, bool(value), dtype=np.bool_)
-            fed.append(f"{hit[0]}={str(bool(value)).lower()}")
+            dtype = _ORT_TYPES.get(hit[2], None) or np.dtype(hit[2].replace("tensor(", "").rstrip(")"))
+            extra[hit[0]] = np.full(shape, value, dtype=dtype)
+            fed.append(f"{hit[0]}={str(value).lower()}")
     rest = [n for n in names if n not in extra]
     missing = [t for t in inputs if _bare(t) not in {_bare(n) for n in rest}]
     unknown = [n for n in rest if n in required and _bare(n) not in {_bare(t) for t in inputs}]

@@ -240,8 +240,9 @@ def _tf_session(graph_def, allow_unsafe: bool, what: str):
         if state["sess"] is None:
             state["sess"] = tf.compat.v1.Session(graph=graph, config=config)
         feed_dict = {tensor(k): np.asarray(v) for k, v in feeds.items()}
-        for k, v in (flags or {}).items():
-            feed_dict[tensor(k)] = np.asarray(bool(v))
+        for k, v in (flags or {}).items():  # a training flag (bool) or a dropout parameter (number)
+            t = tensor(k)
+            feed_dict[t] = np.asarray(v, dtype=t.dtype.as_numpy_dtype)
         fetches = [tensor(o) for o in outputs]
         try:
             values = state["sess"].run(fetches, feed_dict)
