@@ -7,21 +7,26 @@ ops the file's author chose: a ``SaveV2`` chained into ``save/restore_all``, or 
 as ``main_op``, writes wherever they like.  Instead:
 
 1. the sub-graph that computes the wanted outputs is cut out of the GraphDef (by name, no
-   TensorFlow graph is built and no session is created);
+   TensorFlow graph is built and no session is created) without following control edges from
+   variable updates (a training checkpoint's optimizer ``Apply*``/``ResourceApply*``, which Adam's
+   beta-power updates depend on: :func:`extract`), so the optimizer's slot variables are never
+   read; a TF2 SavedModel's function calls on it are inlined (:mod:`bnconvert.inline`);
 2. each variable node on it (``VariableV2``, ``Variable``, ``VarHandleOp``) is mapped to its
    checkpoint key: the saver's ``SaveV2``/``Save`` node lists the keys (``tensor_names``) in the
    order of the tensors it saves, so key *i* belongs to the variable behind saved tensor *i*
    (through ``Identity``/``ReadVariableOp``); a variable the saver does not list keeps its own
-   name as its key;
+   name as its key where the bundle holds it, else takes the key the bundle's object graph gives
+   its name (a TF2 bundle: ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``);
 3. the value is read from the checkpoint bundle (``.index`` + ``.data-*``) by key with
    TensorFlow's checkpoint reader — reading a file, not running an op — after checking its
    declared size against the memory budget, its dtype and its shape against the variable's;
 4. the variable node becomes a ``Const`` with that value; ``ReadVariableOp`` becomes
-   ``Identity``; resource assignments left on the path (``AssignVariableOp``…) become ``NoOp``s
-   keeping their control edges.  Reference-typed updates (``Assign``, ``AssignSub``…) are left to
-   :func:`bnconvert.load.repair_ref_ops`.
+   ``Identity``, ``ResourceGather`` (``embedding_lookup``) ``GatherV2``; resource assignments left on the path (``AssignVariableOp``…) become ``NoOp``s
+   keeping their control edges; ``IsVariableInitialized``/``VarIsInitializedOp`` of a frozen
+   variable become the constant true.  Reference-typed ``Assign``, ``AssignSub`` and ``AssignAdd``
+   (whose values a graph may read) are left to :func:`bnconvert.load.repair_ref_ops`.
 
-Anything else that consumes a variable on the kept path (``ResourceGather``, …), a partitioned
+Anything else that consumes a variable on the kept path (``ResourceGatherNd``, …), a partitioned
 variable, or a variable whose value the bundle lacks is refused with one line naming it.
 Initializers, table initializers, the saver's restore ops and ``main_op`` are never run: they are
 simply not on the path to the outputs (when they are, because the author wired them in with a
@@ -47,13 +52,26 @@ def node_name(tensor: str) -> str:
 
 
 def default_keep(graph_def, saver_scope: str | None) -> list[str]:
-    """Every node that is not saver, initializer or training-update machinery."""
+    """Every node that is not saver, initializer or training-update machinery.
+
+    Training-update machinery is every variable update (:func:`is_variable_update`: an
+    optimizer's ``Apply*``, ``Scatter*``, ``Assign*``…) and whatever computes from an update's
+    result (a sparse Adam step reads its ``ScatterAdd`` of the slot ``m``).  Variables and their
+    plain reads (``dense/kernel/read``, ``…/Read/ReadVariableOp``) are not kept for themselves:
+    they come with the nodes that use them, so an optimizer's slot variables (Adam's ``m``/``v``,
+    Momentum's accumulator), used only by its updates, are never read from the checkpoint.
+    """
     scopes = {n.name.split("/")[0] for n in graph_def.node if n.op in _SAVE_OPS + ("RestoreV2", "Restore")}
     if saver_scope:
         scopes.add(saver_scope)
+    variables = {n.name for n in graph_def.node if n.op in VARIABLE_OPS}
+    after_update = _after_updates(graph_def)
     keep = []
     for n in graph_def.node:
         if n.name.split("/")[0] in scopes or n.op in ("NoOp", "SaveV2", "RestoreV2", "MergeV2Checkpoints"):
+            continue
+        data = [node_name(s) for s in n.input if not s.startswith("^")]
+        if n.name in variables or n.name in after_update or (n.op in _READS and len(data) == 1 and data[0] in variables):
             continue
         if n.name.endswith("/Assign") or n.op.startswith(_TRAINING_PREFIXES) or n.op in _INIT_CHECKS:
             continue
@@ -63,14 +81,44 @@ def default_keep(graph_def, saver_scope: str | None) -> list[str]:
     return keep
 
 
-def extract(graph_def, keep: list[str]):
-    """The nodes ``keep`` depends on (data and control edges), in the GraphDef's order."""
+def _after_updates(graph_def) -> set[str]:
+    """The variable updates and every node that reads (through data edges) one's result."""
+    consumers: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for s in n.input:
+            if not s.startswith("^"):
+                consumers.setdefault(node_name(s), []).append(n.name)
+    found = {n.name for n in graph_def.node if is_variable_update(n.op)}
+    stack = list(found)
+    while stack:
+        for c in consumers.get(stack.pop(), ()):
+            if c not in found:
+                found.add(c)
+                stack.append(c)
+    return found
+
+
+def extract(graph_def, keep: list[str], cut_updates: bool = False):
+    """The nodes ``keep`` depends on (data and control edges), in the GraphDef's order.
+
+    With ``cut_updates``, a control edge from a variable update (:func:`is_variable_update`) is
+    neither followed nor kept: a frozen graph updates nothing, and a training checkpoint's kept
+    nodes carry such edges (``AdamOptimizer`` updates its beta powers — plain ``Mul`` nodes —
+    under a control dependency on every ``ApplyAdam``; a reference ``ApplyAdam`` fed by a frozen
+    variable is what TensorFlow refused with "…was passed float … expected float_ref").  Updates
+    whose result is read as data are still followed.
+    """
     from . import tfproto
 
     by_name = {n.name: n for n in graph_def.node}
     missing = [k for k in keep if k not in by_name]
     if missing:
         raise InputError(f"output '{missing[0]}' is not in the graph")
+
+    def cut(s: str) -> bool:
+        src = by_name.get(node_name(s)) if cut_updates and s.startswith("^") else None
+        return src is not None and is_variable_update(src.op)
+
     seen: set[str] = set()
     stack = list(keep)
     while stack:
@@ -81,12 +129,36 @@ def extract(graph_def, keep: list[str]):
         node = by_name.get(name)
         if node is None:
             continue  # check_graph reports the dangling input later
-        stack.extend(node_name(s) for s in node.input)
+        stack.extend(node_name(s) for s in node.input if not cut(s))
     out = tfproto.new_graph_def()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
     out.node.extend(n for n in graph_def.node if n.name in seen)
+    if cut_updates:
+        for n in out.node:
+            if any(cut(s) for s in n.input):
+                kept = [s for s in n.input if not cut(s)]
+                del n.input[:]
+                n.input.extend(kept)
+    _drop_colocation_with_missing(out, seen)
     return out
+
+
+def _drop_colocation_with_missing(gd, present: set[str]) -> None:
+    """Colocation constraints (``_class: loc:@node``) naming a node that was left out are removed:
+    TensorFlow refuses to import a node colocated with an unknown one (``train/value`` with the
+    ``global_step`` variable that a frozen training graph no longer holds)."""
+    for n in gd.node:
+        if "_class" not in n.attr:
+            continue
+        vals = list(n.attr["_class"].list.s)
+        kept = [v for v in vals if not v.startswith(b"loc:@") or v[5:].decode("utf-8", "replace") in present]
+        if kept != vals:
+            if kept:
+                del n.attr["_class"].list.s[:]
+                n.attr["_class"].list.s.extend(kept)
+            else:
+                del n.attr["_class"]
 
 
 def checkpoint_keys(graph_def) -> dict[str, str]:
@@ -127,6 +199,10 @@ def _variable_behind(by_name: dict, name: str) -> str | None:
     return None
 
 
+#: where an object-based checkpoint keeps its object graph (a serialized TrackableObjectGraph)
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
 class BundleReader:
     """Reads tensors from a checkpoint bundle by key, checking sizes before reading.
 
@@ -155,6 +231,27 @@ class BundleReader:
         except Exception as e:  # noqa: BLE001 - DataLossError, NotFoundError, ...
             raise InputError(f"{where}: cannot read the checkpoint {os.path.basename(prefix)} ({_short(e)})") from None
 
+    def object_graph_keys(self) -> dict[str, str]:
+        """variable name → checkpoint key, from the object graph an object-based (TF2) checkpoint
+        stores under ``_CHECKPOINTABLE_OBJECT_GRAPH`` (empty for a TF1 name-based one)."""
+        if getattr(self, "_object_keys", None) is not None:
+            return self._object_keys
+        self._object_keys = {}
+        if OBJECT_GRAPH_KEY not in self.shapes or self.shapes[OBJECT_GRAPH_KEY]:
+            return self._object_keys
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        try:
+            graph.ParseFromString(bytes(self.reader.get_tensor(OBJECT_GRAPH_KEY)))
+        except Exception:  # noqa: BLE001 - unreadable: variables fall back to their own names
+            return self._object_keys
+        for node in graph.nodes:
+            for a in node.attributes:
+                if a.name == "VARIABLE_VALUE" and a.full_name:
+                    self._object_keys.setdefault(a.full_name, a.checkpoint_key)
+        return self._object_keys
+
     def read(self, key: str, var: str, dtype_enum: int | None, shape: list[int] | None, limit: int):
         """The value of ``key`` for variable node ``var`` (shape/dtype checked, size budgeted)."""
         from .budget import human
@@ -181,15 +278,27 @@ class BundleReader:
 
 
 def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
-    """The sub-graph for ``keep`` with every variable replaced by its checkpoint value."""
-    from . import tfproto
+    """The sub-graph for ``keep`` with every variable replaced by its checkpoint value.
 
-    gd = extract(graph_def, keep)
+    Control edges from variable updates are cut (:func:`extract`), and a TF2 SavedModel's
+    function calls on the sub-graph are inlined (:func:`bnconvert.inline.inline_calls`), before
+    any value is read.
+    """
+    from . import tfproto
+    from .inline import inline_calls, referenced_library
+
+    gd = extract(graph_def, keep, cut_updates=True)
+    gd, inlined = inline_calls(gd, where)
+    if inlined:
+        gd = extract(gd, keep, cut_updates=True)
+        gd.library.CopyFrom(referenced_library(gd.library, gd.node))
+    _refuse_read_updates(gd, where)
     variables = [n for n in gd.node if n.op in VARIABLE_OPS]
     for n in gd.node:
         n.device = ""
     if not variables:
         return gd
+    _answer_initialized_checks(gd, {n.name for n in variables})
     keys = checkpoint_keys(graph_def)
     _check_partitions(graph_def, keys)
     reader = BundleReader(prefix, where)
@@ -198,7 +307,7 @@ def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
     for n in variables:
         dtype = n.attr["dtype"].type if "dtype" in n.attr else None
         shape = _declared(n)
-        value = reader.read(keys.get(n.name, n.name), n.name, dtype, shape, limit - used)
+        value = reader.read(_key(n, keys, reader), n.name, dtype, shape, limit - used)
         used += value.nbytes
         dt = value.dtype
         if n.op == "VarHandleOp":
@@ -215,13 +324,95 @@ def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
     return gd
 
 
+def _answer_initialized_checks(gd, variables: set[str]) -> None:
+    """``IsVariableInitialized``/``VarIsInitializedOp`` of a variable being frozen become the
+    constant true: a frozen variable holds its value.  (``var.initialized_value()``, which
+    ``ExponentialMovingAverage`` and many TF1 scripts use for an initial value, leaves such a check
+    in a ``cond`` on the kept graph; TensorFlow would refuse its reference input once the variable is
+    a constant.)"""
+    import numpy as np
+
+    from . import tfproto
+
+    true = np.array(True)
+    for n in gd.node:
+        if n.op not in ("IsVariableInitialized", "VarIsInitializedOp"):
+            continue
+        data = [s for s in n.input if not s.startswith("^")]
+        if len(data) != 1 or node_name(data[0]) not in variables:
+            continue
+        ctrl = [s for s in n.input if s.startswith("^")]
+        n.op = "Const"
+        n.ClearField("input")
+        n.input.extend(ctrl)
+        n.ClearField("attr")
+        n.attr["dtype"].CopyFrom(tfproto.dtype_attr(true.dtype))
+        n.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(true))
+
+
+def _key(n, keys: dict[str, str], reader: "BundleReader") -> str:
+    """The checkpoint key of variable node ``n``: the saver's (``SaveV2`` lists it), else its own
+    name where the bundle holds it, else the key the bundle's object graph gives its variable name
+    (a TF2 checkpoint or SavedModel: ``layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``)."""
+    if n.name in keys:
+        return keys[n.name]
+    if n.name in reader.shapes:
+        return n.name
+    shared = n.attr["shared_name"].s.decode("utf-8", "replace") if "shared_name" in n.attr else ""
+    by_name = reader.object_graph_keys()
+    return by_name.get(shared or n.name) or by_name.get(n.name) or n.name
+
+
+#: reference updates with value twins (:func:`bnconvert.load.repair_ref_ops`): their result may be read
+_TWINNED_UPDATES = ("Assign", "AssignAdd", "AssignSub")
+_RESOURCE_UPDATE_PREFIXES = ("ResourceApply", "ResourceSparseApply", "ResourceScatter")
+
+
+def is_variable_update(op: str, _cache: dict = {}) -> bool:  # noqa: B006 - a per-process cache
+    """Whether ``op`` updates a variable in place: ``Assign``/``AssignAdd``/``AssignSub``, an
+    optimizer's ``Apply*``/``SparseApply*``, ``Scatter*``/``ScatterNd*``, ``StridedSliceAssign``
+    (first input a reference named ``var``/``ref``, one reference output), or a resource update
+    (``AssignVariableOp``…, ``ResourceApply*``, ``ResourceScatter*``)."""
+    if op in _cache:
+        return _cache[op]
+    if op in _TWINNED_UPDATES or op in _RESOURCE_WRITES or op == "ResourceStridedSliceAssign":
+        found = True
+    elif op.startswith(_RESOURCE_UPDATE_PREFIXES):
+        found = True
+    else:
+        from tensorflow.python.framework import op_def_registry
+
+        d = op_def_registry.get(op)
+        found = bool(d is not None and d.input_arg and d.input_arg[0].is_ref and d.input_arg[0].name in ("var", "ref")
+                     and len(d.output_arg) == 1 and d.output_arg[0].is_ref)
+    _cache[op] = found
+    return found
+
+
+def _refuse_read_updates(gd, where: str) -> None:
+    """A reference update without a value twin (``ApplyAdam``, ``ScatterUpdate``…) whose result the
+    kept graph reads cannot be frozen: refused in one line (TensorFlow's own refusal, "…expected
+    float_ref", names no way out)."""
+    updates = {n.name: n.op for n in gd.node if n.op not in _TWINNED_UPDATES and is_variable_update(n.op)}
+    if not updates:
+        return
+    for n in gd.node:
+        for s in n.input:
+            src = node_name(s)
+            if not s.startswith("^") and src in updates:
+                raise InputError(f"{where}: node '{src}' ({updates[src]}) updates a variable and '{n.name}' reads "
+                                 "the result; a frozen graph cannot update variables, so bnconvert cannot freeze "
+                                 "this path (choose outputs that do not depend on it with --outputs)")
+
+
 #: ops that pass a resource handle through unchanged (tf.cond/while_loop route handles via them)
 _PASS_THROUGH = ("Identity", "Switch", "Merge", "Enter", "Exit", "NextIteration", "RefSwitch", "RefIdentity")
 
 
 def _rewrite_resource_users(gd, resources: dict[str, int], where: str) -> None:
     """Handles routed through Identity/Switch/Enter… now carry the value: retype them (T), then
-    turn each ReadVariableOp of a handle into Identity."""
+    turn each ReadVariableOp of a handle into Identity (and each ResourceGather — an
+    ``embedding_lookup`` of a resource variable — into GatherV2 of the value)."""
     changed = True
     while changed:
         changed = False
@@ -236,13 +427,16 @@ def _rewrite_resource_users(gd, resources: dict[str, int], where: str) -> None:
                         del n.attr[a]
                 resources[n.name] = resources[src[0]]
                 changed = True
+    added = []
     for n in gd.node:
         if n.name in resources:
             continue
         data = [s for s in n.input if not s.startswith("^")]
         if not any(node_name(s) in resources for s in data):
             continue
-        if n.op == "ReadVariableOp":
+        if n.op == "ResourceGather" and len(data) == 2 and node_name(data[0]) in resources:
+            added.append(_gather_of_value(n, data, resources[node_name(data[0])]))
+        elif n.op == "ReadVariableOp":
             dtype = n.attr["dtype"].type
             n.op = "Identity"
             del n.attr["dtype"]
@@ -261,7 +455,37 @@ def _rewrite_resource_users(gd, resources: dict[str, int], where: str) -> None:
         else:
             var = next(node_name(s) for s in data if node_name(s) in resources)
             raise InputError(f"{where}: node '{n.name}' ({n.op}) uses resource variable '{var}' in a way bnconvert "
-                             "cannot freeze (only ReadVariableOp and VariableShape are supported)")
+                             "cannot freeze (only ReadVariableOp, ResourceGather and VariableShape are supported); "
+                             "freeze the model with TensorFlow (convert_variables_to_constants_v2) and pass the "
+                             "frozen .pb")
+    gd.node.extend(added)
+
+
+def _gather_of_value(n, data: list[str], dtype: int):
+    """Rewrite ResourceGather ``n`` into GatherV2(value, indices, axis=batch_dims); returns the
+    new axis constant (``tf.gather(params, indices, batch_dims=b)`` gathers along axis ``b``)."""
+    import numpy as np
+
+    from . import tfproto
+
+    batch_dims = n.attr["batch_dims"].i if "batch_dims" in n.attr else 0
+    axis = type(n)()
+    axis.name = n.name + "/frozen_axis"
+    axis.op = "Const"
+    axis.attr["dtype"].CopyFrom(tfproto.dtype_attr(np.dtype(np.int32)))
+    axis.attr["value"].tensor.CopyFrom(tfproto.make_tensor_proto(np.array(batch_dims, np.int32)))
+    axis.input.append("^" + node_name(data[1]))  # in the indices' frame (a gather in a while body)
+    tindices = n.attr["Tindices"].type
+    ctrl = [s for s in n.input if s.startswith("^")]
+    n.op = "GatherV2"
+    n.ClearField("input")
+    n.input.extend(data + [axis.name] + ctrl)
+    n.ClearField("attr")
+    n.attr["Tparams"].type = dtype
+    n.attr["Tindices"].type = tindices
+    n.attr["Taxis"].type = 3  # int32
+    n.attr["batch_dims"].i = batch_dims
+    return axis
 
 
 def _check_partitions(graph_def, keys: dict[str, str]) -> None:

@@ -1,9 +1,12 @@
 """Load a TF1 model as a frozen GraphDef.
 
 Accepted: a binary GraphDef (``.pb``), a text GraphDef (``.pbtxt``/``.txt``), a TF1 checkpoint
-(``.meta`` plus its variables, or a folder holding a ``checkpoint`` file), and a TF1 SavedModel
+(``.meta`` plus its variables, or a folder holding a ``checkpoint`` file), and a SavedModel
 folder (tag ``serve``; the signature ``serving_default`` — or the only one — names inputs and
-outputs).  Checkpoints and SavedModels are frozen on load (variables become constants).
+outputs), TF1's or one written by TensorFlow 2 (tf_keras ``model.save``, ``tf.saved_model.save``:
+its function calls are inlined, :mod:`bnconvert.inline`).  Checkpoints and SavedModels are
+frozen on load (variables become constants; a training checkpoint's optimizer updates and slot
+variables are left out, :func:`bnconvert.freeze.extract`).
 
 Every loaded graph is checked: it must parse, hold at least one node, name only inputs that
 exist, use ops TensorFlow knows and contain no cycle.  Reference-typed ops left behind by
@@ -463,12 +466,21 @@ def _saver_scope(meta) -> str | None:
 
 
 def _load_saved_model(folder: str, allow_unsafe: bool = False, limit: int | None = None) -> Model:
-    """A TF1 SavedModel (``saved_model.pb`` or ``saved_model.pbtxt``), frozen from its variables bundle.
+    """A SavedModel (``saved_model.pb`` or ``saved_model.pbtxt``), frozen from its variables bundle.
 
     The meta graph tagged ``serve`` and its signature ``serving_default`` (or the only/first one)
     give the graph, inputs and outputs; the sub-graph for them is frozen from
     ``variables/variables`` by :func:`bnconvert.freeze.freeze`.  ``main_op``, ``legacy_init_op``,
     table initializers and assets are never run.
+
+    Decision: a TF2 SavedModel — tf_keras ``model.save(path)``, ``tf.saved_model.save`` — is in
+    scope and folded, not refused.  Its serving graph differs from a TF1 one only in keeping the
+    computation in library functions (the signature's output is a ``StatefulPartitionedCall``) and
+    in keying its variables by object path; the calls are inlined by rewriting the GraphDef
+    (:mod:`bnconvert.inline`, nothing runs) and the keys come from the bundle's object graph, after
+    which the graph is an ordinary resource-variable graph.  What cannot be inlined or frozen
+    (list-typed function arguments, a variable read inside ``If``/``While`` bodies) is refused in
+    one line that says to freeze the model with TensorFlow and pass the ``.pb``.
     """
     tfproto.tf()
     from tensorflow.core.protobuf import saved_model_pb2
