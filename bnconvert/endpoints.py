@@ -196,6 +196,8 @@ def find_outputs(g: Graph, inputs: list[str], flags: set[str] = frozenset(),
         if not cons[name] and g.control_consumers(name):
             continue  # read only through control edges: a cond pivot, an ordering node
         if not cons[name]:
+            if _output_count(node) == 0:
+                continue  # an op with no output tensor (tf.print's PrintV2, a summary write): nothing to convert
             sinks.append(name)
         elif not users:
             after_training.append(name)

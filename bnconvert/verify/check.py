@@ -87,23 +87,49 @@ def make_samples(declared_batch: dict, dtypes: dict, inputs, shapes, vopts, fixe
     bad = next((dtypes[t] for t in inputs if isinstance(dtypes.get(t), str)), None)
     if bad is not None:
         raise InputError(bad)
-    # scalars (rank 0: keep_prob, a temperature) have no batch dimension and do not decide it
-    declared = {t: declared_batch.get(t) for t in inputs if len(shapes.get(t, [0])) > 0}
-    free = fixed_batch is None and all(d is not None and d < 0 for d in declared.values())
+    free = fixed_batch is None and batch_free(declared_batch, inputs, shapes)
     shapes = {t: ([fixed_batch] + list(s[1:]) if fixed_batch and len(s) else list(s)) for t, s in shapes.items()}
     return sample_runs(shapes, {t: dtypes[t] for t in inputs}, free, vopts.samples, vopts.seed)
+
+
+def batch_free(declared_batch: dict, inputs, shapes) -> bool:
+    """Every input with a batch dimension declares it unknown (``declared_batch``: -1)."""
+    # scalars (rank 0: keep_prob, a temperature) have no batch dimension and do not decide it
+    declared = {t: declared_batch.get(t) for t in inputs if len(shapes.get(t, [0])) > 0}
+    return all(d is not None and d < 0 for d in declared.values())
+
+
+def layer_head(declared_batch: dict, inputs, shapes, fixed_batch: int | None = None, onnx_inputs=None) -> bool:
+    """Whether cut layer tensors (``layer_rows``) may be computed on each run's first rows alone:
+    only where the original's batch is free and no converted model fixes it (``fixed_batch``;
+    ``onnx_inputs``: an ONNX model's ``[{"shape", "dtype"}]``, none with a static dim 0).
+
+    Every runtime and the reference follow this one choice.  In a graph whose rows are not
+    independent (a mean over the batch, a BN left in training mode) the first rows computed
+    alone differ from the first rows of the whole run: a runtime computing its layers one way
+    and the reference the other failed a correct model (an ONNX with a fixed batch beside an
+    original with a free one, or the reverse)."""
+    onnx_fixed = any(i.get("shape") and isinstance(i["shape"][0], int) and i["shape"][0] > 0
+                     and i.get("dtype") != "bool" for i in onnx_inputs or ())
+    return fixed_batch is None and not onnx_fixed and batch_free(declared_batch, inputs, shapes)
+
+
+def declared_batches(graph_def, inputs) -> dict:
+    """Each input's declared dim 0 in ``graph_def`` (-1 unknown; None: unknown rank, a scalar, absent)."""
+    declared = {}
+    for t in inputs:
+        node = next((n for n in graph_def.node if n.name == node_of(t)), None)
+        shp = node.attr["shape"].shape if node is not None and "shape" in node.attr else None
+        declared[t] = None if shp is None or shp.unknown_rank or not shp.dim else shp.dim[0].size
+    return declared
 
 
 def graph_samples(graph_def, inputs, shapes, vopts, fixed_batch: int | None = None):
     """:func:`make_samples` for a GraphDef held in memory (``verify``: model vs converted file)."""
     from .inputs import placeholder_dtypes
 
-    declared = {}
-    for t in inputs:
-        node = next((n for n in graph_def.node if n.name == node_of(t)), None)
-        shp = node.attr["shape"].shape if node is not None and "shape" in node.attr else None
-        declared[t] = None if shp is None or shp.unknown_rank or not shp.dim else shp.dim[0].size
-    return make_samples(declared, placeholder_dtypes(graph_def, inputs), inputs, shapes, vopts, fixed_batch)
+    return make_samples(declared_batches(graph_def, inputs), placeholder_dtypes(graph_def, inputs), inputs, shapes,
+                        vopts, fixed_batch)
 
 
 def check_providers(providers) -> None:
@@ -123,7 +149,7 @@ def check_providers(providers) -> None:
 
 
 def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, notes: list, also_candidates=False,
-                  more: list[str] = (), names=None, layer_budget: int | None = None):
+                  more: list[str] = (), names=None, layer_budget: int | None = None, layer_head: bool = True):
     """The original graph on every run: ``(outputs, {tensor: array})`` for each probe's original
     tensor (and, with ``also_candidates``, its candidate tensor where the original graph has it).
     ``graph_def``: a GraphDef or a binary GraphDef file (then ``names``: its node names).
@@ -131,7 +157,7 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
     outputs alone.  Returns ``(outputs, layer tensors, rows)``: the layer tensors hold the first
     ``rows`` rows of each run (None: all; ``layer_budget`` bytes, default
     :data:`bnconvert.verify.runners.LAYER_BYTES`), and every runtime compared with them is cut
-    the same way."""
+    the same way (``layer_head``: :func:`layer_head`)."""
     from .inputs import concat_runs
     from .runners import LAYER_BYTES, run_tf_many
 
@@ -146,7 +172,7 @@ def reference_run(graph_def, runs, outputs, probes, flags, allow_unsafe, what, n
         try:
             results, rows = run_tf_many(graph_def, runs, fetch, flags=flags, allow_unsafe=allow_unsafe, what=what,
                                         stage="TensorFlow (original graph)", n_outputs=len(outputs),
-                                        layer_budget=layer_budget or LAYER_BYTES)
+                                        layer_budget=layer_budget or LAYER_BYTES, layer_head=layer_head)
             got = concat_runs(results)
             del results
             break
@@ -192,13 +218,13 @@ def _layer_rows(probes, lref: dict, got: dict, pick, either: bool = False) -> tu
     return rows, skipped
 
 
-def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None, layer_rows=None):
+def onnx_run(path, runs, outputs, probes, provider, extra_feeds=None, layer_rows=None, layer_head=True):
     """ONNX Runtime on a copy of ``path`` that also outputs the probe tensors it has (child)."""
     from .inputs import concat_runs
     from .runners import run_onnx_probes
 
     results, found = run_onnx_probes(path, runs, outputs, [t for p in probes for t in (p.candidate, p.original)],
-                                     provider, layer_rows=layer_rows, extra_feeds=extra_feeds)
+                                     provider, layer_rows=layer_rows, extra_feeds=extra_feeds, layer_head=layer_head)
     have = set(found)
     return concat_runs(results), lambda p: p.candidate if p.candidate in have else (p.original if p.original in have else None)
 
@@ -218,10 +244,12 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     check_providers(vopts.providers)
     tol = tolerances(vopts.atol, vopts.rtol)
     shapes = report.input_shapes
-    fixed = None
+    fixed, onnx_inputs = None, None
     if "onnx" in staged:  # from the export's own record: loading a big .onnx here would cost its size
-        fixed = static_batch(report.exports.get("onnx", {}).get("inputs")) if report.exports.get("onnx") \
-            else onnx_static_batch(staged["onnx"], report.inputs)
+        record = report.exports.get("onnx")
+        onnx_inputs = record.get("inputs") if record else onnx_input_shapes(staged["onnx"])
+        fixed = static_batch(onnx_inputs)
+    head = layer_head(prep.declared_batch, report.inputs, shapes, fixed, onnx_inputs)
     runs, info = make_samples(prep.declared_batch, prep.input_dtypes, report.inputs, shapes, vopts, fixed)
     report.verification_inputs = info
     probes, skipped = list(prep.probes), list(prep.probes_skipped)
@@ -230,7 +258,7 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     t = time.perf_counter()
     ref, lref, rows = reference_run(prep.original_path, runs, report.outputs, probes, report.training_flags,
                               allow_unsafe, prep.source_path, report.notes, more=tfl.references if tfl else (),
-                              names=prep.original_ops, layer_budget=vopts.layer_budget)
+                              names=prep.original_ops, layer_budget=vopts.layer_budget, layer_head=head)
     report.timings["verify_tf_original"] = time.perf_counter() - t
     if rows is not None:
         info["layer_rows"] = rows
@@ -243,7 +271,7 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
         from .power import in_session
 
         refs = [(p.name, p.candidate, lref[p.original]) for p in probes if p.original in lref]
-        free = info.get("source") == "random" and info.get("runs") == 1  # sample_runs: one run = free batch
+        free = head and info.get("source") == "random" and info.get("runs") == 1  # sample_runs: one run = free batch
         power = in_session(prep.power_targets, runs, outs, ref, tol, info.get("samples"), refs, rows, free)
         if power is None:
             report.verification_power = {}
@@ -253,7 +281,8 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
             fetch = list(outs) + [p.candidate for p in probes if p.candidate not in outs]
             then = power if power is None or power[1]["runs"] is not runs else (power[0], {**power[1], "runs": None})
             out = run_tf_many(prep.folded_path, runs, fetch, allow_unsafe=allow_unsafe,
-                              stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows, then=then)
+                              stage="TensorFlow (folded graph)", n_outputs=len(outs), layer_rows=rows, then=then,
+                              layer_head=head)
             if power is not None:
                 report.verification_power = _noted(report, out[2])
                 report.timings["verify_power"] = report.verification_power.pop("seconds", 0.0)
@@ -273,9 +302,11 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     if "onnx" in staged:
         for prov in vopts.providers:
             entries.append((onnx_runtime_label(prov), staged["onnx"],
-                            lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov, layer_rows=rows)))
+                            lambda prov=prov: onnx_run(staged["onnx"], runs, outs, probes, prov, layer_rows=rows,
+                                                       layer_head=head)))
     if "tflite" in staged:
-        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs, layer_rows=rows)))
+        entries.append(("tflite", staged["tflite"], lambda: tfl.run(staged["tflite"], runs, outs, layer_rows=rows,
+                                                                   layer_head=head)))
     report.verification.update(compare_runs(ref, lref, probes, skipped, entries, tol, info, report.timings,
                                             jobs=jobs, beside=beside))
     if vopts.save_io:
@@ -382,12 +413,13 @@ class TFLiteLayers:
     def references(self) -> list[str]:
         return list(dict.fromkeys(t for _, parts in self.tensors for t in parts))
 
-    def run(self, path, runs, outs, extra=None, layer_rows=None):
+    def run(self, path, runs, outs, extra=None, layer_rows=None, layer_head=True):
         from .inputs import concat_runs
         from .runners import run_tflite_layers
 
         results = run_tflite_layers(path, [{**f, **(extra or {})} for f in runs], outs, layer_rows, self.PREFIX,
-                                    only=[name for name, _ in self.tensors])  # what rows() compares, no more
+                                    only=[name for name, _ in self.tensors],  # what rows() compares, no more
+                                    layer_head=layer_head)
         return concat_runs(results), self
 
     def rows(self, lref: dict, got: dict) -> tuple[list, list[str]]:
@@ -476,23 +508,19 @@ def static_batch(inputs_info) -> int | None:
     return dims.pop() if len(dims) == 1 and None not in dims else None
 
 
-def onnx_static_batch(path, inputs: list[str]) -> int | None:
-    """The static dim 0 of an ONNX model's data inputs (all equal), else None."""
+def onnx_input_shapes(path) -> list[dict]:
+    """``[{"shape", "dtype"}]`` of an ONNX model's inputs that are not initializers (a dim:
+    its value, None when symbolic or unknown); ``[]`` for an unreadable model."""
     import onnx
 
     try:
         m = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable model fails later with its own message
-        return None
+        return []
     inits = {i.name for i in m.graph.initializer}
-    dims = set()
-    for i in m.graph.input:
-        shp = i.type.tensor_type.shape
-        if i.name in inits or not shp.dim or i.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
-            continue
-        d = shp.dim[0]
-        dims.add(d.dim_value if d.HasField("dim_value") else None)
-    return dims.pop() if len(dims) == 1 and None not in dims else None
+    return [{"shape": [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim],
+             "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower()}
+            for i in m.graph.input if i.name not in inits]
 
 
 def converted_inputs(path: str) -> list[tuple[str, list, str, bool]]:
@@ -511,14 +539,22 @@ def converted_inputs(path: str) -> list[tuple[str, list, str, bool]]:
 
 def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[dict, str]:
     """Training flags the converted model still takes as inputs, fed as False (or as set), and
-    a clear error for inputs on either side that the other lacks."""
+    a clear error for inputs on either side that the other lacks.
+
+    A flag the converted model gives a default (an ONNX optional input: tf2onnx's
+    ``PlaceholderWithDefault``, ``is_training`` defaulting to true) is not fed: the model is
+    verified as it runs when nobody feeds it, the way it ships (feeding false would hide a
+    default that keeps it in training mode); the note says so."""
     have = converted_inputs(path)
     required = {n for n, _, _, req in have if req}
     names = [n for n, _, _, _ in have]
-    norm = {_bare(n): (n, shape, dtype) for n, shape, dtype, _ in reversed(have)}  # an input before a default
-    extra, fed = {}, []
+    norm = {_bare(n): (n, shape, dtype) for n, shape, dtype, req in have if req}
+    defaults = {_bare(n): n for n, _, _, req in have if not req}
+    extra, fed, kept = {}, [], []
     for flag, value in flags.items():
         hit = norm.get(_bare(flag))
+        if hit is None and _bare(flag) in defaults:
+            kept.append(defaults[_bare(flag)])
         if hit is not None:
             from .runners import _ORT_TYPES
 
@@ -536,7 +572,9 @@ def flag_feeds(path: str, inputs: list[str], flags: dict[str, bool]) -> tuple[di
                              f"{', '.join(n for n in names if n in required)}; the original's: {', '.join(inputs)})")
         raise InputError(f"the converted model takes input '{unknown[0]}', which is neither an input of the "
                          f"original ({', '.join(inputs)}) nor a training flag; name the inputs with --inputs")
-    return extra, ("fed " + ", ".join(fed)) if fed else ""
+    notes = (["fed " + ", ".join(fed)] if fed else []) + \
+        [f"{n} not fed: the converted model has a default for it (verified as it runs unfed)" for n in kept]
+    return extra, "; ".join(notes)
 
 
 def _bare(name: str) -> str:
@@ -566,11 +604,15 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
     flags = getattr(analysis, "training_flags", None) or getattr(analysis, "flags", None) or {}
     kind = "onnx" if converted.endswith(".onnx") else "tflite" if converted.endswith(".tflite") else "pb"
     extra, fed_note = ({}, "")
-    fixed = None
+    onnx_inputs = onnx_input_shapes(converted) if kind == "onnx" else None
+    fixed = static_batch(onnx_inputs) if kind == "onnx" else None
     if kind != "pb":
         with naming(converted):
             extra, fed_note = flag_feeds(converted, ins, flags)
-        fixed = onnx_static_batch(converted, ins) if kind == "onnx" else None
+    conv = load(converted, allow_unsafe=allow_unsafe) if kind == "pb" else None
+    head = layer_head(declared_batches(model.graph_def, ins), ins, shapes, fixed, onnx_inputs)
+    if conv is not None:  # the converted graph computes its layers on the first rows too, or none does
+        head = head and batch_free(declared_batches(conv.graph_def, ins), ins, shapes)
     with naming(model.path):
         runs, info = graph_samples(model.graph_def, ins, shapes, vopts, fixed)
         probes, skipped = layer_probes(model.graph_def, None, analysis.layers, outs)
@@ -579,17 +621,16 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
                            fold_changed(model.graph_def, analysis.layers)) if kind == "tflite" else None
         ref, lref, rows = reference_run(model.graph_def, runs, outs, probes, flags, allow_unsafe, model.path, notes,
                                         also_candidates=True, more=tfl.references if tfl else (),
-                                        layer_budget=getattr(vopts, "layer_budget", None))
+                                        layer_budget=getattr(vopts, "layer_budget", None), layer_head=head)
     tol = dtype_tolerances(ref, vopts.atol, vopts.rtol, tolerances(vopts.atol, vopts.rtol), [])
     entries = []
     if kind == "onnx":
         for prov in vopts.providers:
             entries.append((onnx_runtime_label(prov), converted,
-                            lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra, rows)))
+                            lambda prov=prov: onnx_run(converted, runs, outs, probes, prov, extra, rows, head)))
     elif kind == "tflite":
-        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra, rows)))
+        entries.append(("tflite", converted, lambda: tfl.run(converted, runs, outs, extra, rows, head)))
     else:
-        conv = load(converted, allow_unsafe=allow_unsafe)
         present = {k: v for k, v in flags.items() if node_of(k) in {n.name for n in conv.graph_def.node}}
         conv_nodes = {n.name for n in conv.graph_def.node}
 
@@ -599,7 +640,7 @@ def verify_converted(model, converted: str, analysis, shapes, vopts, allow_unsaf
             fetch = list(dict.fromkeys(fetch))
             try:
                 results, _ = run_tf_many(conv.graph_def, runs, fetch, flags=present, allow_unsafe=allow_unsafe,
-                                         what=converted, n_outputs=len(outs), layer_rows=rows)
+                                         what=converted, n_outputs=len(outs), layer_rows=rows, layer_head=head)
                 got = concat_runs(results)
             except BNConvertError:  # the layers cannot be fetched: the outputs alone, still one child
                 results, _ = run_tf_many(conv.graph_def, runs, outs, flags=present, allow_unsafe=allow_unsafe,

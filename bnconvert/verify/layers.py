@@ -41,11 +41,16 @@ def layer_probes(original_gd, folded_gd, layers: list[dict], outputs: list[str])
     probes: list[Probe] = []
     skipped: list[str] = []
     usable = [ly for ly in layers if ly.get("action") in ("fold", "scale_shift") and ly.get("bn_output")]
+    # a tensor that is a model output is compared as one, on every sample (the layer tensors
+    # are fetched besides the outputs and may be cut to the first rows: not the same values)
+    outs = {tensor_name(o) for o in outputs}
     for i, ly in enumerate(usable):
         src, dst = tensor_name(ly["bn_output"]), tensor_name(ly.get("replaced_by") or ly["bn_output"])
         later = next((x["name"] for x in usable[i + 1:] if x.get("replaced_by") == ly.get("replaced_by")), None)
         if later is not None:
             skipped.append(f"{ly['name']}: folded together with {later}; compared there")
+        elif src in outs:
+            continue
         elif node_of(src) not in orig:
             skipped.append(f"{ly['name']}: '{src}' is not in the original graph")
         elif folded_names is not None and node_of(dst) not in folded_names:
@@ -59,7 +64,7 @@ def layer_probes(original_gd, folded_gd, layers: list[dict], outputs: list[str])
         if node is None or node.op not in SQUASHERS:
             continue
         logits = tensor_name(orig.inputs(node)[0])
-        if any(p.original == logits for p in probes):
+        if logits in outs or any(p.original == logits for p in probes):
             continue
         if folded_names is not None and node_of(logits) not in folded_names:
             skipped.append(f"logits of {out}: '{logits}' is not in the folded graph")

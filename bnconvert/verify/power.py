@@ -93,30 +93,35 @@ def in_session(weight_targets: list, runs: list[dict], outputs: list[str], refer
     of its own (:func:`run_alone`), and sends back only the verdicts."""
     if not weight_targets:
         return None
-    if layer_rows is not None and free_batch and len(runs) == 1:
+    head = layer_rows is not None and free_batch and len(runs) == 1
+    if head:
         # the layers are compared on the first rows only: so is the power check, outputs included
         runs = [{k: (v[:layer_rows] if np.ndim(v) else v) for k, v in runs[0].items()}]
         reference = {k: (v[:layer_rows] if np.ndim(v) else v) for k, v in reference.items()}
         samples = layer_rows
     return ("bnconvert.verify.power:power_with",
             dict(weight_targets=weight_targets, runs=runs, outputs=list(outputs), reference=reference, tol=tol,
-                 samples=samples, layer_refs=list(layer_refs), layer_rows=layer_rows))
+                 samples=samples, layer_refs=list(layer_refs), layer_rows=layer_rows, head=head))
 
 
 def measure_power_here(graph_def, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict,
                        tol: dict, samples: int | None, allow_unsafe: bool = False,
-                       layer_refs: list = (), layer_rows: int | None = None) -> dict:
+                       layer_refs: list = (), layer_rows: int | None = None, head: bool = False) -> dict:
     """The power check on a session of its own, in this process."""
     from .runners import _tf_session
 
     with _tf_session(graph_def, allow_unsafe, "") as (run, _):
-        return power_with(run, weight_targets, runs, outputs, reference, tol, samples, layer_refs, layer_rows)
+        return power_with(run, weight_targets, runs, outputs, reference, tol, samples, layer_refs, layer_rows, head)
 
 
 def power_with(run, weight_targets: list, runs: list[dict], outputs: list[str], reference: dict, tol: dict,
-               samples: int | None, layer_refs: list = (), layer_rows: int | None = None) -> dict:
+               samples: int | None, layer_refs: list = (), layer_rows: int | None = None, head: bool = False) -> dict:
     """The check on an open session of the folded graph: ``run(feeds, fetch)`` →
-    ``{name: array}`` (:func:`bnconvert.verify.runners._tf_session`)."""
+    ``{name: array}`` (:func:`bnconvert.verify.runners._tf_session`).  ``head``: the runs are the
+    first rows of the verification's run (:func:`in_session`), the reference's outputs that run's
+    first rows; the unchanged graph is checked against them first — a graph whose rows depend
+    on each other (a mean over the batch) gives other values on the first rows alone, and then
+    every perturbation would look caught: the check says it cannot measure instead."""
     import time
 
     from .compare import compare
@@ -125,6 +130,16 @@ def power_with(run, weight_targets: list, runs: list[dict], outputs: list[str], 
 
     t0 = time.perf_counter()
     fetch = list(outputs) + list(dict.fromkeys(tn for _, tn, _ in layer_refs if tn not in outputs))
+    if head:
+        got = concat_runs([trim_rows(run(f, fetch), outputs, layer_rows) for f in runs])
+        c = compare(reference, got, "power", "", samples=samples,
+                    layers=[(name, tn, ref, got.get(tn)) for name, tn, ref in layer_refs], **tol)
+        del got
+        off = next((o for o in c.outputs + c.layers if not o.ok), None)
+        if off is not None:
+            return {"error": f"the unchanged folded graph already disagrees with the reference on the first "
+                             f"rows alone, {off.name}: {off.reason or 'max rel %.3g' % off.max_rel} (rows that "
+                             f"depend on each other, e.g. a mean over the batch?)"}
     result = []
     for pos, wt, t in weight_targets:
         tried: dict[str, bool] = {}

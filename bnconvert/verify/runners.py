@@ -117,12 +117,14 @@ def trim_rows(got: dict, outputs, rows: int | None) -> dict:
 def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                 allow_unsafe: bool = False, what: str = "", stage: str = "TensorFlow",
                 n_outputs: int | None = None, layer_rows: int | None | str = "auto",
-                layer_budget: int = LAYER_BYTES, then: tuple[str, dict] | None = None):
+                layer_budget: int = LAYER_BYTES, then: tuple[str, dict] | None = None, layer_head: bool = True):
     """Every feed dict of ``runs`` through one TensorFlow session, in one child process.
 
     ``outputs[:n_outputs]`` are the model's outputs (kept whole); the rest are layer tensors,
     cut to ``layer_rows`` rows per run ("auto": as many as ``layer_budget`` bytes allow for all
     runs, chosen on the first run).  Returns the per-run results and the rows used (None: all).
+    ``layer_head``: whether cut layer tensors may come from a run of the first rows alone
+    (:func:`run_tf_many_here`); False: from the whole run, then cut.
     ``then``: ``("module:function", kwargs)`` called afterwards on the same session as
     ``function(run, **kwargs)`` (the power check: no second import of the graph; ``runs=None``
     in ``kwargs`` stands for ``runs``); its result, or ``{"error": message}`` if it raised (any
@@ -138,19 +140,23 @@ def run_tf_many(graph, runs: list[dict], outputs: list[str], flags: dict[str, bo
         return isolate.run_stage(stage, "bnconvert.verify.runners:run_tf_many_here",
                                  dict(graph_def=src, runs=runs, outputs=list(outputs), flags=flags,
                                       allow_unsafe=allow_unsafe, what=what, n_outputs=n_outputs,
-                                      layer_rows=layer_rows, layer_budget=layer_budget, then=then))
+                                      layer_rows=layer_rows, layer_budget=layer_budget, then=then,
+                                      layer_head=layer_head))
 
 
 def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dict[str, bool] | None = None,
                      allow_unsafe: bool = False, what: str = "", n_outputs: int | None = None,
                      layer_rows: int | None | str = "auto", layer_budget: int = LAYER_BYTES,
-                     then: tuple[str, dict] | None = None):
+                     then: tuple[str, dict] | None = None, layer_head: bool = True):
     """:func:`run_tf_many` in this process.
 
-    The outputs are computed on each whole run.  The layer tensors, when the rows are cut and
-    the graph's batch dimension is free, are computed on the run's first rows only (a second,
-    smaller pass), so that this process never holds every layer of every sample: the rows of an
-    inference graph are independent, so they are the same values."""
+    The outputs are computed on each whole run.  The layer tensors, when the rows are cut, the
+    graph's batch dimension is free and ``layer_head`` allows it, are computed on the run's
+    first rows only (a second, smaller pass), so that this process never holds every layer of
+    every sample: where the rows are independent they are the same values.  Where they are not
+    (a mean over the batch, a BN left in training mode) they differ, so every runtime compared
+    with these tensors must compute them the same way (``layer_head``: the same for all,
+    :func:`bnconvert.verify.check.layer_head`)."""
     n = len(outputs) if n_outputs is None else n_outputs
     outs, layers = list(outputs[:n]), [t for t in outputs[n:] if t not in outputs[:n]]
     results = []
@@ -158,7 +164,7 @@ def run_tf_many_here(graph_def, runs: list[dict], outputs: list[str], flags: dic
         for feeds in runs:
             got = run(feeds, outs, flags)
             if layers:
-                can_cut = free(feeds)
+                can_cut = layer_head and free(feeds)
                 sample = None
                 if layer_rows == "auto":
                     sample = run(_head(feeds, 1), layers, flags) if can_cut else run(feeds, layers, flags)
@@ -415,7 +421,8 @@ def run_onnx_here(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str
 
 
 def run_onnx_probes(path, runs: list[dict], outputs: list[str], probes: list[str], provider: str = "cpu",
-                    layer_rows: int | None = None, extra_feeds: dict | None = None) -> tuple[list[dict], list[str]]:
+                    layer_rows: int | None = None, extra_feeds: dict | None = None,
+                    layer_head: bool = True) -> tuple[list[dict], list[str]]:
     """ONNX Runtime, in one child process, on a copy of ``path`` that also outputs the ``probes``
     it computes (:func:`bnconvert.verify.expose.expose_onnx`): per-run results (probe tensors
     cut to ``layer_rows`` rows, :func:`trim_rows`) and the probes found."""
@@ -423,19 +430,22 @@ def run_onnx_probes(path, runs: list[dict], outputs: list[str], probes: list[str
 
     return isolate.run_stage(f"onnxruntime ({provider})", "bnconvert.verify.runners:run_onnx_probes_here",
                              dict(path=os.fspath(path), runs=runs, outputs=list(outputs), probes=list(probes),
-                                  provider=provider, layer_rows=layer_rows, extra_feeds=extra_feeds), tf=False)
+                                  provider=provider, layer_rows=layer_rows, extra_feeds=extra_feeds,
+                                  layer_head=layer_head), tf=False)
 
 
-def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows=None, extra_feeds=None):
+def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows=None, extra_feeds=None,
+                         layer_head=True):
     """:func:`run_onnx_probes` in this process.
 
     The outputs come from the model file as written, on every whole run: the verdict is on the
     model that ships, with onnxruntime's fusions as they apply to it (a graph output in the
     middle of a Conv+Relu keeps onnxruntime from fusing them).  Then that session is released
-    and the probes come from the exposing copy; when they are cut to ``layer_rows`` rows and the
-    model's batch is free, on those first rows only (like TensorFlow's and TFLite's layer
-    passes), so this process never holds every layer of the whole batch at once — DenseNet-121
-    at batch 8 with its 121 BN layers exposed: ~0.5 GB."""
+    and the probes come from the exposing copy; when they are cut to ``layer_rows`` rows, the
+    model's batch is free and ``layer_head`` allows it (the reference computed its own so:
+    :func:`run_tf_many_here`), on those first rows only, so this process never holds every
+    layer of the whole batch at once — DenseNet-121 at batch 8 with its 121 BN layers exposed:
+    ~0.5 GB."""
     from .expose import expose_onnx
 
     extra = extra_feeds or {}
@@ -452,7 +462,7 @@ def run_onnx_probes_here(path, runs, outputs, probes, provider="cpu", layer_rows
     del data
     for f, got in zip(runs, results):
         feeds = {**f, **extra}
-        cut = layer_rows is not None and _rows(f) > layer_rows and _onnx_free_batch(sess, feeds)
+        cut = layer_head and layer_rows is not None and _rows(f) > layer_rows and _onnx_free_batch(sess, feeds)
         layers = run_onnx_here(None, _head(feeds, layer_rows) if cut else feeds, fetch, session=sess)
         got.update(trim_rows(layers, (), layer_rows))
     return results, found
@@ -552,7 +562,7 @@ def _run_tflite_child(path, feeds, outputs, want_intermediates=False):
 
 
 def run_tflite_layers(path, runs: list[dict], outputs: list[str], layer_rows: int | None = None,
-                      prefix: str = "", only: list[str] | None = None) -> list[dict]:
+                      prefix: str = "", only: list[str] | None = None, layer_head: bool = True) -> list[dict]:
     """The .tflite on every feed dict of ``runs`` in one child process: the outputs, plus every
     intermediate tensor (keyed ``prefix + TFLite name``; only those named in ``only``, if given)
     cut to ``layer_rows`` rows per run."""
@@ -562,20 +572,22 @@ def run_tflite_layers(path, runs: list[dict], outputs: list[str], layer_rows: in
         raise InputError(f"no such TFLite model: {path}")
     return isolate.run_stage("the TFLite interpreter", "bnconvert.verify.runners:run_tflite_layers_here",
                              dict(path=os.fspath(path), runs=runs, outputs=list(outputs), layer_rows=layer_rows,
-                                  prefix=prefix, only=None if only is None else list(only)))
+                                  prefix=prefix, only=None if only is None else list(only),
+                                  layer_head=layer_head))
 
 
-def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix="", only=None):
+def run_tflite_layers_here(path, runs, outputs, layer_rows=None, prefix="", only=None, layer_head=True):
     """:func:`run_tflite_layers` in this process.
 
-    When the layer tensors are cut to ``layer_rows`` rows and the model takes a smaller batch,
-    the outputs come from a plain run of the whole batch and the layer tensors from a run of
-    the first rows (an interpreter that keeps every tensor holds them all at once)."""
+    When the layer tensors are cut to ``layer_rows`` rows, ``layer_head`` allows it (as for the
+    reference: :func:`run_tf_many_here`) and the model takes a smaller batch, the outputs come
+    from a plain run of the whole batch and the layer tensors from a run of the first rows (an
+    interpreter that keeps every tensor holds them all at once)."""
     keep = None if only is None else set(only)
     results = []
     for f in runs:
         inter: dict = {}
-        if layer_rows is not None and _rows(f) > layer_rows:
+        if layer_head and layer_rows is not None and _rows(f) > layer_rows:
             got = run_tflite_here(path, f, outputs)
             try:
                 run_tflite_here(path, _head(f, layer_rows), outputs, intermediates=inter, only=keep)
