@@ -330,6 +330,17 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def _onnx_model_arg(model):
+    """An ONNX model given as a path (checked to exist), bytes, or an ``onnx.ModelProto`` (serialized)."""
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str) and not os.path.isfile(model):
+        raise InputError(f"no such ONNX model: {model}")
+    return model
+
+
 def onnx_session(path_or_bytes, provider: str = "cpu"):
     """An onnxruntime InferenceSession on ``provider`` ("cpu" or "cuda", TF32 off).
 
@@ -340,13 +351,7 @@ def onnx_session(path_or_bytes, provider: str = "cpu"):
 
     if provider not in ONNX_PROVIDERS:
         raise InputError(f"unknown ONNX provider '{provider}' (use one of: {', '.join(ONNX_PROVIDERS)})")
-    model = path_or_bytes
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
-    elif isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if isinstance(model, str) and not os.path.isfile(model):
-        raise InputError(f"no such ONNX model: {model}")
+    model = _onnx_model_arg(path_or_bytes)
     if isinstance(model, str) and not _utf8(model):  # onnxruntime takes UTF-8 paths only
         with open(model, "rb") as f:
             model = f.read()
@@ -380,12 +385,7 @@ def run_onnx(path_or_bytes, feeds: dict[str, np.ndarray], outputs: list[str], pr
         return run_onnx_here(path_or_bytes, feeds, outputs, provider, session)
     from bnconvert import isolate
 
-    if hasattr(path_or_bytes, "SerializeToString"):
-        path_or_bytes = path_or_bytes.SerializeToString()
-    elif isinstance(path_or_bytes, os.PathLike):
-        path_or_bytes = os.fspath(path_or_bytes)
-    if isinstance(path_or_bytes, str) and not os.path.isfile(path_or_bytes):
-        raise InputError(f"no such ONNX model: {path_or_bytes}")
+    path_or_bytes = _onnx_model_arg(path_or_bytes)
     return isolate.run_stage(f"onnxruntime ({provider})", "bnconvert.verify.runners:run_onnx_here",
                              dict(path_or_bytes=path_or_bytes, feeds=feeds, outputs=list(outputs), provider=provider),
                              tf=False)
