@@ -138,8 +138,13 @@ def _flag_value(value, what: str) -> bool | float:
 
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
-        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range (10**400)
+            number = math.inf
+        if math.isfinite(number):
+            return number
     raise InputError(f"{what}: expected True, False or a finite number, got {_type(value)}")
 
 

@@ -58,7 +58,7 @@ _NUMERIC_TYPES = {**_FLOAT_TYPES, 3: np.int32, 9: np.int64, 4: np.uint8, 5: np.i
 #: every draw keeps every unit
 _RANDOM = ("RandomUniform", "StatelessRandomUniform", "StatelessRandomUniformV2")
 #: ops a dropout's noise passes through on its way to the comparison (``min + (max-min)·u``)
-_NOISE_PATH = ("Mul", "Add", "AddV2", "Identity", "Cast")
+_NOISE_PATH = ("Mul", "Add", "AddV2", "Identity", "Cast", "Enter")
 
 
 @dataclass
@@ -123,31 +123,85 @@ def parse_set(items: list[str] | None) -> dict[str, bool | float]:
 def find_dropout_params(g: Graph) -> dict[str, tuple[float, set[str]]]:
     """``{placeholder: (value, noise nodes)}`` for the float placeholders that are a dropout's keep
     probability (value 1.0) or rate (0.0), by the dropout's structure, not by name; the noise
-    nodes are the random ops that dropout draws from.
+    nodes are the random ops that dropout draws from and nothing else reads.
 
     A candidate is a scalar (or unknown-rank) float placeholder.  Followed forward through
-    Identity-likes, ``Cast`` and ``Sub(1, p)`` (TF >= 1.13 writes ``keep_prob`` as
-    ``rate = 1 - keep_prob``), it must reach a comparison with noise from a ``RandomUniform``
-    (``random >= rate``: the keep mask) or, before TF 1.13, an ``Add`` with that noise feeding a
-    ``Floor`` (``floor(keep_prob + random)``).  The noise must be a uniform draw in [0, 1): with
-    the keep probability 1 (rate 0) every draw keeps every unit, so :func:`to_inference` also
-    replaces the draw by zeros (a deterministic model with the same values; nothing random is
-    exported).  Every other reader on the way may only be the
-    dropout's scaling (``x / keep_prob``, ``1 / (1 - rate)``).  Reached through an odd number
-    of ``1 - p`` it is a keep probability, else a rate."""
-    out: dict[str, tuple[float, set[str]]] = {}
+    Identity-likes, ``Cast``, the ``Enter`` into a while loop, the ``Switch`` into a cond's branches
+    (``tf.layers.dropout(rate=p, training=phase)``) and ``Sub(1, p)`` (TF >= 1.13 writes
+    ``keep_prob`` as ``rate = 1 - keep_prob``), it must reach a comparison with noise from a
+    ``RandomUniform`` (``random >= rate``: the keep mask) or, before TF 1.13, an ``Add`` with that
+    noise feeding a ``Floor`` (``floor(keep_prob + random)``).  The mask must be used as one: it
+    selects between a value and zero (``where(mask, x, 0)``) or is cast and multiplied
+    (``x * cast(mask)``, ``x * floor(...)``) — a ``where(uniform >= epsilon, a, b)`` picking between
+    two values is no dropout.  The noise must be a uniform draw in [0, 1): with the keep
+    probability 1 (rate 0) every draw keeps every unit, so :func:`to_inference` also replaces the
+    draw by zeros (a deterministic model with the same values; nothing random is exported) —
+    only a draw read by nothing but keep masks (a draw also added to the output, or compared with
+    a fixed rate, stays).  Every other reader on the way may only be the dropout's scaling: a
+    division by the keep probability (``x / keep_prob``, ``1 / (1 - rate)``, ``Reciprocal``),
+    which is 1 at inference; a placeholder also read otherwise (``logits * keep_prob``,
+    ``x / rate``) has another role and is left alone.  Reached through an odd number of
+    ``1 - p`` it is a keep probability, else a rate."""
+    return _dropout_params(g)[0]
+
+
+def _dropout_params(g: Graph) -> tuple[dict[str, tuple[float, set[str]]], dict[str, set[str]]]:
+    """(:func:`find_dropout_params`, ``{draw: the placeholders whose keep masks it feeds}``)."""
+    params: dict[str, tuple[float, set[str]]] = {}
+    masks: dict[tuple[str, int], str] = {}  # (mask node, the noise's input index) -> placeholder
     for n in list(g.nodes.values()):
         if n.op not in _PLACEHOLDERS or n.attr["dtype"].type not in _FLOAT_TYPES or not _scalar_like(n):
             continue
         found = _dropout_kind(g, n.name)
         if found is not None:
-            out[n.name] = (1.0 if found[0] == "keep" else 0.0, found[1])
-    return out
+            params[n.name] = (1.0 if found[0] == "keep" else 0.0, found[1])
+            masks.update(dict.fromkeys(found[2], n.name))
+    owners: dict[str, set[str]] = {}
+    for name, (value, draws) in params.items():
+        for d in draws:
+            if d not in owners:
+                owners[d] = _mask_owners(g, d, masks)
+        params[name] = (value, {d for d in draws if owners[d] is not None})
+    return params, {d: o for d, o in owners.items() if o is not None}
+
+
+def _mask_owners(g: Graph, draw: str, masks: dict[tuple[str, int], str]) -> set[str] | None:
+    """The placeholders whose keep masks ``draw`` feeds, if it feeds nothing else (through its own
+    arithmetic, ``min + (max-min)·u``), else None: zeroing it would change another value."""
+    owners: set[str] = set()
+    stack, seen = [f"{draw}:0"], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for c, index in g.consumers(t):
+            if (c, index) in masks:
+                owners.add(masks[(c, index)])
+            elif _noise_step(g, g.nodes[c]) == t:
+                stack.append(f"{c}:0")
+            else:
+                return None
+    return owners
 
 
 def _scalar_like(node) -> bool:
     shape = node.attr["shape"].shape if "shape" in node.attr else None
     return shape is None or shape.unknown_rank or all(d.size == 1 for d in shape.dim)
+
+
+def _noise_step(g: Graph, n) -> str | None:
+    """The noise input of ``n`` if ``n`` is a step of a uniform draw's own arithmetic that keeps
+    it in [0, 1) (``u·c`` with c in [0, 1], ``u + 0``, Identity, Cast, the Enter into a loop)."""
+    if n.op not in _NOISE_PATH:
+        return None
+    consts = [g.const(t) for t in g.inputs(n)]
+    ins = [t for t, c in zip(g.inputs(n), consts) if c is None]  # the noise, not min/max
+    known = [c for c in consts if c is not None]
+    if len(ins) != 1 or (n.op in ("Add", "AddV2") and any(np.any(c != 0) for c in known)) \
+            or (n.op == "Mul" and any(np.any((c < 0) | (c > 1)) for c in known)):
+        return None  # the draw leaves [0, 1)
+    return ins[0]
 
 
 def _from_noise(g: Graph, tensor: str, hops: int = 4) -> str | None:
@@ -159,53 +213,98 @@ def _from_noise(g: Graph, tensor: str, hops: int = 4) -> str | None:
             return None
         if n.op in _RANDOM:
             return n.name
-        if n.op not in _NOISE_PATH:
+        tensor = _noise_step(g, n)
+        if tensor is None:
             return None
-        consts = [g.const(t) for t in g.inputs(n)]
-        ins = [t for t, c in zip(g.inputs(n), consts) if c is None]  # the noise, not min/max
-        known = [c for c in consts if c is not None]
-        if len(ins) != 1 or (n.op in ("Add", "AddV2") and any(np.any(c != 0) for c in known)) \
-                or (n.op == "Mul" and any(np.any((c < 0) | (c > 1)) for c in known)):
-            return None  # the draw leaves [0, 1)
-        tensor = ins[0]
     return None
 
 
-def _dropout_kind(g: Graph, name: str) -> tuple[str, set[str]] | None:
-    """``("keep" or "rate", noise nodes)`` if placeholder ``name`` only parameterises a dropout
-    (see :func:`find_dropout_params`), else None."""
+def _is_zero(g: Graph, tensor: str) -> bool:
+    """``tensor`` is all zeros: a constant, ``zeros_like(x)`` or ``fill(shape, 0)``."""
+    v = g.const(tensor)
+    if v is not None:
+        return v.size > 0 and not np.any(v)
+    n = g.get(tensor)
+    if n is None:
+        return False
+    if n.op == "ZerosLike":
+        return True
+    if n.op == "Fill" and len(g.inputs(n)) == 2:
+        v = g.const(g.inputs(n)[1])
+        return v is not None and v.size == 1 and not np.any(v)
+    return False
+
+
+def _used_as_mask(g: Graph, tensor: str, keep: str) -> bool:
+    """Every reader of the 0/1 ``tensor`` uses it to keep or zero units: ``where(mask, x, 0)``,
+    ``x * cast(mask)`` (``keep`` "bool"), or ``x * floor(keep_prob + u)`` (``keep`` "float")."""
+    for c, index in g.consumers(tensor):
+        n = g.nodes[c]
+        if keep == "bool" and n.op in ("Select", "SelectV2") and index == 0 and len(g.inputs(n)) == 3 \
+                and _is_zero(g, g.inputs(n)[2]):
+            continue
+        if keep == "bool" and n.op == "Cast" and _used_as_mask(g, f"{c}:0", "float"):
+            continue
+        if keep == "float" and n.op == "Mul":
+            continue
+        return False
+    return True
+
+
+def _dropout_kind(g: Graph, name: str) -> tuple[str, set[str], set[tuple[str, int]]] | None:
+    """``("keep" or "rate", noise nodes, keep masks)`` if placeholder ``name`` only parameterises
+    a dropout (see :func:`find_dropout_params`), else None; a keep mask is ``(node, index)``: the
+    node and the input the noise enters it by."""
     found: set[str] = set()
     noise: set[str] = set()
+    masks: set[tuple[str, int]] = set()
+    divisors: list[int] = []  # the flips of each tensor something divides by
     todo = [(f"{name}:0", 0)]
     seen = set()
     while todo:
         t, flips = todo.pop()
-        if (t, flips) in seen or len(seen) > 64:
+        if (t, flips) in seen:
+            continue  # one tensor read by two paths (a shared ``1 - p``): each reader is checked once
+        if len(seen) > 2 * len(g.nodes):
             return None
         seen.add((t, flips))
         readers = g.consumers(t)
         if not readers:
             continue
-        for reader, _ in readers:
+        for reader, index in readers:
             r = g.nodes[reader]
-            others = [x for x in g.inputs(r) if x != t]
-            if r.op in _IDENTITY_LIKE or r.op == "Cast":
+            ins = g.inputs(r)
+            others = [x for x in ins if x != t]
+            if r.op in _IDENTITY_LIKE or r.op in ("Cast", "Enter"):
                 todo.append((f"{reader}:0", flips))
+            elif r.op == "Switch" and index == 0:  # into a cond's branches (tf.layers.dropout's training cond)
+                todo.extend([(f"{reader}:0", flips), (f"{reader}:1", flips)])
             elif r.op == "Sub" and len(r.input) == 2 and tensor_name(r.input[1]) == t \
                     and _is_one(g, tensor_name(r.input[0])):
                 todo.append((f"{reader}:0", flips + 1))
-            elif r.op == "GreaterEqual" and g.inputs(r)[1:] == [t] and _from_noise(g, g.inputs(r)[0]):
-                noise.add(_from_noise(g, g.inputs(r)[0]))  # the keep mask: noise >= rate
+            elif r.op == "GreaterEqual" and ins[1:] == [t] and _from_noise(g, ins[0]) \
+                    and _used_as_mask(g, f"{reader}:0", "bool"):
+                noise.add(_from_noise(g, ins[0]))  # the keep mask: noise >= rate
+                masks.add((reader, 0))
                 found.add("rate" if flips % 2 == 0 else "keep")
-            elif r.op in ("Add", "AddV2") and len(others) == 1 and _from_noise(g, others[0]) \
-                    and all(g.nodes[c].op == "Floor" for c, _ in g.consumers(f"{reader}:0")):
-                noise.add(_from_noise(g, others[0]))
+            elif r.op in ("Add", "AddV2") and len(others) == 1 and len(ins) == 2 and _from_noise(g, others[0]) \
+                    and g.consumers(f"{reader}:0") \
+                    and all(g.nodes[c].op == "Floor" and _used_as_mask(g, f"{c}:0", "float")
+                            for c, _ in g.consumers(f"{reader}:0")):
+                noise.add(_from_noise(g, others[0]))  # TF <= 1.12: floor(keep_prob + noise)
+                masks.add((reader, 1 - index))
                 found.add("keep" if flips % 2 == 0 else "rate")
-            elif r.op in ("RealDiv", "Div", "Reciprocal", "Mul", "Maximum", "Minimum"):
-                continue  # the scaling x / keep_prob, 1 / (1 - rate) (and its guards)
+            elif (r.op in ("RealDiv", "Div") and index == 1 and ins[0] != t) or r.op == "Reciprocal":
+                divisors.append(flips)  # the scaling x / keep_prob, 1 / (1 - rate)
             else:
                 return None  # read by something else: not only a dropout's parameter
-    return (found.pop(), noise) if len(found) == 1 else None
+    if len(found) != 1:
+        return None
+    kind = found.pop()
+    # a divisor must be the keep probability (1 at inference), never the rate (0)
+    if any((kind == "keep") != (f % 2 == 0) for f in divisors):
+        return None
+    return kind, noise, masks
 
 
 def _is_one(g: Graph, tensor: str) -> bool:
@@ -237,18 +336,18 @@ def to_inference(g: Graph, overrides: dict[str, bool | float] | None = None) -> 
             if not _scalar_like(n):
                 raise InputError(f"--set: '{name}' is not a scalar placeholder (shape "
                                  f"{[d.size for d in n.attr['shape'].shape.dim]}); only a scalar can be set")
-            np_type = _NUMERIC_TYPES[dtype]
-            if np.issubdtype(np_type, np.integer) and float(value) != int(value):
-                raise InputError(f"--set: '{name}' is an integer placeholder: give a whole number, not {value:g}")
-            values[name] = np.asarray(value, dtype=np_type)
+            values[name] = _numeric_value(name, _NUMERIC_TYPES[dtype], value)
         else:
             raise InputError(f"--set: '{name}' is a placeholder of a type --set cannot give (bool or number)")
-    noise: set[str] = set()
-    for name, (v, draws) in find_dropout_params(g).items():
+    params, owners = _dropout_params(g)
+    neutral = set()  # dropout parameters at their inference value: every unit kept
+    for name, (v, _) in params.items():
         if name not in overrides:
             values[name] = np.asarray(v, dtype=_FLOAT_TYPES[g.nodes[name].attr["dtype"].type])
-        if float(values.get(name, np.nan)) == v:  # every unit kept: the draw no longer matters
-            noise |= draws
+        if float(values.get(name, np.nan)) == v:
+            neutral.add(name)
+    # a draw no longer matters when every keep mask it feeds keeps every unit
+    noise = {d for d, o in owners.items() if o <= neutral}
     res = InferenceResult()
     had_consumers = {name for name in g.nodes if g.all_consumers(name)}
     for name in sorted(flags):
@@ -269,17 +368,44 @@ def to_inference(g: Graph, overrides: dict[str, bool | float] | None = None) -> 
     return res
 
 
-def noise_path(g: Graph, draws) -> set[str]:
+def noise_path(g: Graph, draws, own: bool = False) -> set[str]:
     """The nodes whose values depend on the dropout ``draws`` only through the noise's own
     arithmetic (the draws themselves, ``min + (max-min)·u``, ``keep_prob + u``): their values
-    change when a draw is zeroed; the keep mask after them does not."""
+    change when a draw is zeroed; the keep mask after them does not.  ``own``: only the draw's
+    own arithmetic (each step's other inputs constants: ``min + (max-min)·u``), for a random op
+    left in the model, whose values differ from runtime to runtime."""
     out, stack = set(), [d for d in draws if d in g.nodes]
     while stack:
         n = stack.pop()
         if n in out:
             continue
         out.add(n)
-        stack.extend(c for c in g.all_consumers(n) if g.nodes[c].op in _NOISE_PATH)
+        for c in g.all_consumers(n):
+            node = g.nodes[c]
+            if node.op in _NOISE_PATH and (not own or all(
+                    node_of(t) == n or g.const(t) is not None for t in g.inputs(node))):
+                stack.append(c)
+    return out
+
+
+def _numeric_value(name: str, np_type, value) -> np.ndarray:
+    """``value`` as the placeholder's type, or an InputError if that type cannot hold it (a uint8
+    placeholder set to 300 or -1, a float16 one to 1e6: never a silently wrapped or infinite
+    constant)."""
+    what = np.dtype(np_type).name
+    if np.issubdtype(np_type, np.integer):
+        if float(value) != int(value):
+            raise InputError(f"--set: '{name}' is an integer placeholder ({what}): give a whole number, not {value:g}")
+        info = np.iinfo(np_type)
+        if not info.min <= int(value) <= info.max:
+            raise InputError(f"--set: '{name}' is a placeholder of type {what}: {value:g} is out of its range "
+                             f"[{info.min}, {info.max}]")
+        return np.asarray(int(value), dtype=np_type)
+    with np.errstate(over="ignore"):
+        out = np.asarray(value, dtype=np_type)
+    if not np.isfinite(out):
+        raise InputError(f"--set: '{name}' is a placeholder of type {what}: {value:g} is out of its range "
+                         f"(largest {float(np.finfo(np_type).max):g})")
     return out
 
 
@@ -298,7 +424,10 @@ def _zero_draw(g: Graph, name: str) -> None:
     fill.op = "Fill"
     control = [i for i in old.input if i.startswith("^")]  # a frame's placement stays
     fill.input.extend([old.input[0], zero.name] + control)
-    zero.input.extend(control)
+    # the zero constant sits in the draw's frame: a draw inside a while loop takes its frame from
+    # its shape input, a Const from a control edge (a root-frame Const feeding the loop's Fill
+    # would be "inputs from different frames"); outside a loop the edge only orders, and goes
+    zero.input.extend(control or ["^" + node_of(old.input[0])])
     fill.attr["T"].CopyFrom(old.attr["dtype"])
     fill.attr["index_type"].CopyFrom(old.attr["T"] if "T" in old.attr else old.attr["Tshape"])
     if old.device:

@@ -15,6 +15,7 @@ process that owns the outputs: a parser crash is one line naming the stage (exit
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ import numpy as np
 FOLDED_INPUT = "folded-input.pb"
 ORIGINAL = "original.pb"
 SOURCE = "source.pb"
+#: ops that draw random numbers (RandomUniform, StatelessRandomNormalV2, TruncatedNormal, ...)
+_RANDOM_OP = re.compile(r"Random|TruncatedNormal|Multinomial")
 
 
 @dataclass
@@ -169,12 +172,17 @@ def _verification_facts(prep: Prepared, original_gd, folded_gd, report, power: b
     prep.probes, prep.probes_skipped = layer_probes(original_gd, folded_gd, report.layers, report.outputs)
     prep.original_ops = {n.name: n.op for n in original_gd.node}
     prep.fold_changed = fold_changed(original_gd, report.layers)
-    draws = (report.inference or {}).get("dropout_draws_zeroed")
-    if draws:  # zeros instead of a random draw: those noise tensors are not compared
+    # a random draw (zeroed here, or left in the model: a dropout bnconvert did not recognise set
+    # with --set keep_prob=1, whose mask keeps every unit) and its own arithmetic differ from
+    # runtime to runtime: those tensors are not compared layer by layer (the outputs still are)
+    zeroed = (report.inference or {}).get("dropout_draws_zeroed") or ()
+    drawn = [n.name for n in original_gd.node if _RANDOM_OP.search(n.op)]
+    if zeroed or drawn:
         from .graph import Graph
         from .inference import noise_path
 
-        prep.fold_changed |= noise_path(Graph(original_gd, copy_nodes=False), draws)
+        g = Graph(original_gd, copy_nodes=False)
+        prep.fold_changed |= noise_path(g, zeroed) | noise_path(g, drawn, own=True)
     if power:
         from .verify.power import targets
 

@@ -37,6 +37,16 @@ def _node(graph_def, tensor: str):
     raise InputError(f"input tensor '{tensor}' is not in the graph")
 
 
+def _unknown_rank(node, name: str) -> str:
+    """The error for an input of unknown rank: give its shape, or — a float placeholder may be a
+    scalar parameter bnconvert did not recognise (a keep probability read elsewhere too) — set it."""
+    msg = f"input '{name}' has unknown rank; give its shape with --input-shape {op_name(name)}=D0,D1,..."
+    if node.op in ("Placeholder", "PlaceholderWithDefault") and "dtype" in node.attr \
+            and node.attr["dtype"].type in (1, 2, 19):  # float, double, half
+        msg += f" (or, if it is a scalar parameter such as a keep probability, --set {op_name(name)}=VALUE)"
+    return msg
+
+
 def _declared_shape(node) -> list[int | None] | None:
     """The node's declared shape; None for unknown rank or a node without a shape attribute."""
     if "shape" in node.attr:
@@ -58,10 +68,10 @@ def placeholder_shapes(graph_def, inputs) -> dict[str, list[int | None]]:
     """
     out = {}
     for name in inputs:
-        shape = _declared_shape(_node(graph_def, name))
+        node = _node(graph_def, name)
+        shape = _declared_shape(node)
         if shape is None:
-            raise InputError(f"input '{name}' has unknown rank; give its shape with --input-shape "
-                             f"{op_name(name)}=D0,D1,...")
+            raise InputError(_unknown_rank(node, name))
         out[name] = shape
     return out
 
@@ -93,7 +103,8 @@ def resolve_shapes(graph_def, inputs, overrides: dict[str, list[int]] | None = N
                          f"(inputs: {', '.join(inputs)})")
     out = {}
     for name in inputs:
-        declared = _declared_shape(_node(graph_def, name))
+        node = _node(graph_def, name)
+        declared = _declared_shape(node)
         override = overrides.get(tensor_name(name))
         if override is not None:
             if any((not isinstance(d, (int, np.integer))) or d < 0 for d in override):
@@ -109,8 +120,7 @@ def resolve_shapes(graph_def, inputs, overrides: dict[str, list[int]] | None = N
             out[name] = [int(d) for d in override]
             continue
         if declared is None:
-            raise InputError(f"input '{name}' has unknown rank; give its shape with --input-shape "
-                             f"{op_name(name)}=D0,D1,...")
+            raise InputError(_unknown_rank(node, name))
         shape = list(declared)
         if shape and shape[0] is None:
             shape[0] = int(batch)

@@ -248,7 +248,10 @@ def _tf_session(graph_def, allow_unsafe: bool, what: str):
         feed_dict = {tensor(k): np.asarray(v) for k, v in feeds.items()}
         for k, v in (flags or {}).items():  # a training flag (bool) or a dropout parameter (number)
             t = tensor(k)
-            feed_dict[t] = np.asarray(v, dtype=t.dtype.as_numpy_dtype)
+            value = np.asarray(v, dtype=t.dtype.as_numpy_dtype)
+            if value.size == 1 and t.shape.is_fully_defined() and value.shape != tuple(t.shape):
+                value = value.reshape(t.shape)  # a keep_prob declared [1]: the report holds a scalar
+            feed_dict[t] = value
         fetches = [tensor(o) for o in outputs]
         try:
             values = state["sess"].run(fetches, feed_dict)
