@@ -44,6 +44,9 @@ class Prepared:
     probes_skipped: list[str] = field(default_factory=list)
     fold_changed: set[str] = field(default_factory=set)
     power_targets: list = field(default_factory=list)  # bnconvert.verify.power targets
+    #: placeholders of the original that the outputs reach only through branches the flags
+    #: switch off: TensorFlow still wants them fed to run it; ``{tensor: 0}`` (their value is dead)
+    idle_feeds: dict[str, int] = field(default_factory=dict)
 
     @property
     def declared_batch(self) -> dict[str, int | None]:
@@ -166,6 +169,21 @@ def _original_file(model, source: str, as_is: bool, tmp: str) -> str:
     return path
 
 
+def _idle_placeholders(original_gd, folded_gd, report) -> dict[str, int]:
+    """``{tensor: 0}`` for each ``Placeholder`` of the original that the outputs depend on but
+    that is neither an input nor a flag and that the folded graph no longer reads: it is read
+    only inside branches the training flags switch off (a noise level used in training), so
+    its value never reaches an output — but TensorFlow refuses to run the original unfed."""
+    from .graph import Graph, node_of
+
+    g = Graph(original_gd, copy_nodes=False)
+    needed = g.ancestors([node_of(t) for t in report.outputs], control=True)
+    read = {node_of(i) for n in folded_gd.node for i in n.input}
+    taken = {node_of(t) for t in list(report.inputs) + list(report.training_flags)}
+    return {f"{name}:0": 0 for name in sorted(needed) if name in g.nodes and g.nodes[name].op == "Placeholder"
+            and name not in taken and name not in read and g.nodes[name].attr["dtype"].type != 7}  # 7: string
+
+
 def _verification_facts(prep: Prepared, original_gd, folded_gd, report, power: bool) -> None:
     from .verify.layers import fold_changed, layer_probes
 
@@ -183,6 +201,7 @@ def _verification_facts(prep: Prepared, original_gd, folded_gd, report, power: b
 
         g = Graph(original_gd, copy_nodes=False)
         prep.fold_changed |= noise_path(g, zeroed) | noise_path(g, drawn, own=True)
+    prep.idle_feeds = _idle_placeholders(original_gd, folded_gd, report)
     if power:
         from .verify.power import targets
 

@@ -256,7 +256,8 @@ def verify_conversion(prep, staged: dict[str, str], report, vopts, allow_unsafe:
     tfl = TFLiteLayers(staged["tflite"], prep.original_ops, report.outputs,
                        prep.fold_changed) if "tflite" in staged else None
     t = time.perf_counter()
-    ref, lref, rows = reference_run(prep.original_path, runs, report.outputs, probes, report.training_flags,
+    ref, lref, rows = reference_run(prep.original_path, runs, report.outputs, probes,
+                                    {**prep.idle_feeds, **report.training_flags},
                               allow_unsafe, prep.source_path, report.notes, more=tfl.references if tfl else (),
                               names=prep.original_ops, layer_budget=vopts.layer_budget, layer_head=head)
     report.timings["verify_tf_original"] = time.perf_counter() - t

@@ -190,7 +190,7 @@ def verify_int8(prep, staged: dict, report, calset, th: dict, providers=("cpu",)
     feeds, labels = held_out_feeds(calset, fixed)
     outs = report.outputs
     t = time.perf_counter()
-    ref = run_in_batches(lambda f: run_tf(prep.original_path, f, outs, flags=report.training_flags,
+    ref = run_in_batches(lambda f: run_tf(prep.original_path, f, outs, flags={**prep.idle_feeds, **report.training_flags},
                                           allow_unsafe=allow_unsafe, what=prep.source_path), feeds, fixed or 500, outs)
     report.timings["verify_int8_tf_original"] = time.perf_counter() - t
     runs = []

@@ -249,8 +249,8 @@ def _tf_session(graph_def, allow_unsafe: bool, what: str):
         for k, v in (flags or {}).items():  # a training flag (bool) or a dropout parameter (number)
             t = tensor(k)
             value = np.asarray(v, dtype=t.dtype.as_numpy_dtype)
-            if value.size == 1 and t.shape.is_fully_defined() and value.shape != tuple(t.shape):
-                value = value.reshape(t.shape)  # a keep_prob declared [1]: the report holds a scalar
+            if value.ndim == 0 and t.shape.rank:  # a keep_prob declared [1]: the report holds a scalar
+                value = np.full([d if d is not None else 1 for d in t.shape.as_list()], value)
             feed_dict[t] = value
         fetches = [tensor(o) for o in outputs]
         try:
