@@ -82,13 +82,16 @@ def default_keep(graph_def, saver_scope: str | None) -> list[str]:
 
 
 def _after_updates(graph_def) -> set[str]:
-    """The variable updates and every node that reads (through data edges) one's result."""
+    """The variable updates, the reads of a variable that run after an update of it
+    (:func:`reads_after_updates`: an ``ExponentialMovingAverage`` of the weights under a control
+    dependency on the training step), and every node that reads (through data edges) one's result."""
     consumers: dict[str, list[str]] = {}
     for n in graph_def.node:
         for s in n.input:
             if not s.startswith("^"):
                 consumers.setdefault(node_name(s), []).append(n.name)
     found = {n.name for n in graph_def.node if is_variable_update(n.op)}
+    found.update(r for r, _, _ in reads_after_updates(graph_def))
     stack = list(found)
     while stack:
         for c in consumers.get(stack.pop(), ()):
@@ -162,28 +165,86 @@ def _drop_colocation_with_missing(gd, present: set[str]) -> None:
 
 
 def checkpoint_keys(graph_def) -> dict[str, str]:
-    """variable node name → checkpoint key, from the saver's ``SaveV2``/``Save`` nodes."""
-    from . import tfproto
-
+    """variable node name → checkpoint key, from the saver's ``SaveV2``/``Save`` nodes: in the
+    graph (TF1), or in a library function the graph calls with the variables' handles (a TF2
+    SavedModel's ``__inference__traced_save``, whose ``SaveV2`` saves each argument's value)."""
     by_name = {n.name: n for n in graph_def.node}
     keys: dict[str, str] = {}
     for n in graph_def.node:
-        if n.op not in _SAVE_OPS or len(n.input) < 3:
-            continue
-        names_node = by_name.get(node_name(n.input[1]))
-        if names_node is None or names_node.op != "Const":
-            continue
-        try:
-            names = [bytes(x).decode("utf-8") for x in tfproto.make_ndarray(names_node.attr["value"].tensor).ravel()]
-        except Exception:  # noqa: BLE001 - a malformed key list: fall back to the variables' names
-            continue
-        first = 2 if n.op == "Save" else 3
-        tensors = [s for s in n.input[first:] if not s.startswith("^")]
-        for key, t in zip(names, tensors):
+        for key, t in _saved_tensors(n, by_name):
             var = _variable_behind(by_name, node_name(t))
             if var is not None:
                 keys.setdefault(var, key)
+    lib = {f.signature.name: f for f in graph_def.library.function}
+    if not lib:
+        return keys
+    from .inline import CALL_OPS
+
+    saved: dict[str, list[tuple[int, str]]] = {}  # function -> (argument index, key) it saves
+    for call in graph_def.node:
+        fname = call.op if call.op in lib else ""
+        if not fname and call.op in CALL_OPS and "f" in call.attr:
+            fname = call.attr["f"].func.name
+        if fname not in lib:
+            continue
+        if fname not in saved:
+            saved[fname] = _saved_arguments(lib[fname])
+        if not saved[fname]:
+            continue
+        data = [s for s in call.input if not s.startswith("^")]
+        if len(data) != len(lib[fname].signature.input_arg):
+            continue
+        for i, key in saved[fname]:
+            var = _variable_behind(by_name, node_name(data[i]))
+            if var is not None:
+                keys.setdefault(var, key)
     return keys
+
+
+def _saved_arguments(fdef) -> list[tuple[int, str]]:
+    """``(argument index, key)`` for each argument whose value a ``SaveV2``/``Save`` node in the
+    function's body saves (through reads)."""
+    index = {a.name: i for i, a in enumerate(fdef.signature.input_arg)}
+    inner = {nd.name: nd for nd in fdef.node_def}
+    out = []
+    for nd in fdef.node_def:
+        for key, t in _saved_tensors(nd, inner):
+            arg = _arg_behind(inner, t)
+            if arg in index:
+                out.append((index[arg], key))
+    return out
+
+
+def _saved_tensors(n, by_name: dict) -> list[tuple[str, str]]:
+    """``(key, tensor)`` for each tensor a ``SaveV2``/``Save`` node saves (its key list a Const)."""
+    from . import tfproto
+
+    if n.op not in _SAVE_OPS or len(n.input) < 3:
+        return []
+    names_node = by_name.get(node_name(n.input[1]))
+    if names_node is None or names_node.op != "Const":
+        return []
+    try:
+        names = [bytes(x).decode("utf-8") for x in tfproto.make_ndarray(names_node.attr["value"].tensor).ravel()]
+    except Exception:  # noqa: BLE001 - a malformed key list: fall back to the variables' names
+        return []
+    first = 2 if n.op == "Save" else 3
+    tensors = [s for s in n.input[first:] if not s.startswith("^")]
+    return list(zip(names, tensors))
+
+
+def _arg_behind(inner: dict, tensor: str) -> str | None:
+    """The function argument whose value a function-body tensor is (through reads), or None."""
+    name = tensor
+    for _ in range(16):
+        node = inner.get(node_name(name))
+        if node is None:
+            return node_name(name)  # not a body node: an argument's name
+        data = [s for s in node.input if not s.startswith("^")]
+        if node.op not in _READS or not data:
+            return None
+        name = data[0]
+    return None
 
 
 def _variable_behind(by_name: dict, name: str) -> str | None:
@@ -231,9 +292,11 @@ class BundleReader:
         except Exception as e:  # noqa: BLE001 - DataLossError, NotFoundError, ...
             raise InputError(f"{where}: cannot read the checkpoint {os.path.basename(prefix)} ({_short(e)})") from None
 
-    def object_graph_keys(self) -> dict[str, str]:
+    def object_graph_keys(self) -> dict[str, str | None]:
         """variable name → checkpoint key, from the object graph an object-based (TF2) checkpoint
-        stores under ``_CHECKPOINTABLE_OBJECT_GRAPH`` (empty for a TF1 name-based one)."""
+        stores under ``_CHECKPOINTABLE_OBJECT_GRAPH`` (empty for a TF1 name-based one).  A name
+        that several variables share (two Keras sub-models with layers of one name) maps to None:
+        the object graph cannot say which value is which variable's."""
         if getattr(self, "_object_keys", None) is not None:
             return self._object_keys
         self._object_keys = {}
@@ -243,13 +306,18 @@ class BundleReader:
 
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
         try:
-            graph.ParseFromString(bytes(self.reader.get_tensor(OBJECT_GRAPH_KEY)))
-        except Exception:  # noqa: BLE001 - unreadable: variables fall back to their own names
+            data = bytes(self.reader.get_tensor(OBJECT_GRAPH_KEY))
+        except Exception as e:  # noqa: BLE001 - DataLossError, ...
+            raise InputError(f"{self.where}: cannot read the checkpoint's object graph ({_short(e)})") from None
+        try:
+            graph.ParseFromString(data)
+        except Exception:  # noqa: BLE001 - unparsable: variables fall back to their own names
             return self._object_keys
         for node in graph.nodes:
             for a in node.attributes:
                 if a.name == "VARIABLE_VALUE" and a.full_name:
-                    self._object_keys.setdefault(a.full_name, a.checkpoint_key)
+                    if self._object_keys.setdefault(a.full_name, a.checkpoint_key) != a.checkpoint_key:
+                        self._object_keys[a.full_name] = None
         return self._object_keys
 
     def read(self, key: str, var: str, dtype_enum: int | None, shape: list[int] | None, limit: int):
@@ -277,22 +345,29 @@ class BundleReader:
             raise InputError(f"{self.where}: cannot read variable '{var}' from the checkpoint ({_short(e)})") from None
 
 
-def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int):
+def freeze(graph_def, prefix: str, keep: list[str], where: str, limit: int, signature: bool = False):
     """The sub-graph for ``keep`` with every variable replaced by its checkpoint value.
 
     Control edges from variable updates are cut (:func:`extract`), and a TF2 SavedModel's
     function calls on the sub-graph are inlined (:func:`bnconvert.inline.inline_calls`), before
-    any value is read.
+    any value is read.  ``signature``: ``keep`` is a SavedModel signature's (refusals then do not
+    suggest ``--outputs``, which a SavedModel does not take).
     """
     from . import tfproto
     from .inline import inline_calls, referenced_library
 
+    way_out = ("the signature's outputs depend on it" if signature
+               else "choose outputs that do not depend on it with --outputs")
     gd = extract(graph_def, keep, cut_updates=True)
-    gd, inlined = inline_calls(gd, where)
+    _refuse_reads_after_updates(graph_def, _values_of(gd, keep), where, way_out)  # the graph's updates (TF1)
+    gd, inlined = inline_calls(gd, where, limit)
     if inlined:
+        full = gd
         gd = extract(gd, keep, cut_updates=True)
         gd.library.CopyFrom(referenced_library(gd.library, gd.node))
-    _refuse_read_updates(gd, where)
+        # updates inside the inlined functions (TF2: the control edges ordering a tf.function's state)
+        _refuse_reads_after_updates(full, _values_of(gd, keep), where, way_out)
+    _refuse_read_updates(gd, where, way_out)
     variables = [n for n in gd.node if n.op in VARIABLE_OPS]
     for n in gd.node:
         n.device = ""
@@ -360,7 +435,13 @@ def _key(n, keys: dict[str, str], reader: "BundleReader") -> str:
         return n.name
     shared = n.attr["shared_name"].s.decode("utf-8", "replace") if "shared_name" in n.attr else ""
     by_name = reader.object_graph_keys()
-    return by_name.get(shared or n.name) or by_name.get(n.name) or n.name
+    for name in dict.fromkeys((shared or n.name, n.name)):
+        if name in by_name and by_name[name] is None:
+            raise InputError(f"{reader.where}: variable '{n.name}': the checkpoint's object graph holds several "
+                             f"variables named '{name}' and no saver lists which is this one's")
+        if by_name.get(name):
+            return by_name[name]
+    return n.name
 
 
 #: reference updates with value twins (:func:`bnconvert.load.repair_ref_ops`): their result may be read
@@ -389,7 +470,181 @@ def is_variable_update(op: str, _cache: dict = {}) -> bool:  # noqa: B006 - a pe
     return found
 
 
-def _refuse_read_updates(gd, where: str) -> None:
+#: reference-typed ops that pass a reference variable on (``Identity`` of a reference is a read)
+_REF_PASS_THROUGH = ("RefIdentity", "RefSwitch", "RefEnter", "RefExit", "RefMerge", "RefNextIteration", "RefSelect")
+#: uses of a variable that do not read its value
+_NOT_READS = _INIT_CHECKS + ("VariableShape", "DisableCopyOnRead", "DestroyResourceOp")
+
+
+def reads_after_updates(graph_def, readers: set[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """``(reader, variable, updates of it)`` for every node that reads a variable's value after an
+    update of that variable has run: it is reachable, through data or control edges, from the update
+    (``with tf.control_dependencies([v.assign_add(1)]): v.read_value()``; a tf.function's
+    ``v.assign_add(1); x @ v``, which TensorFlow orders by a control edge).  A frozen graph holds
+    the checkpoint's value, not the updated one.  ``readers``: only these nodes count as readers.
+
+    A variable is its node, a resource handle passed on by ``Identity``/``Switch``/``Enter``… or a
+    reference passed on by ``RefIdentity``/``RefSwitch``…; a read is any other data use of it
+    (``ReadVariableOp``, ``Identity`` of a reference…) but an initialization check or a shape; an
+    update writes the variables its reference or resource inputs name (:func:`is_variable_update`).
+    """
+    by_name = {n.name: n for n in graph_def.node}
+    data_users: dict[str, list[str]] = {}
+    users: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for s in n.input:
+            src = node_name(s)
+            users.setdefault(src, []).append(n.name)
+            if not s.startswith("^"):
+                data_users.setdefault(src, []).append(n.name)
+    alias = {n.name: n.name for n in graph_def.node if n.op in VARIABLE_OPS}
+    if not alias:
+        return []
+    stack = list(alias)
+    while stack:
+        a = stack.pop()
+        for c in data_users.get(a, ()):
+            node = by_name[c]
+            first = next((s for s in node.input if not s.startswith("^")), None)
+            if c in alias or first is None or node_name(first) != a:
+                continue
+            resource = by_name[alias[a]].op == "VarHandleOp"
+            if (resource and node.op in _PASS_THROUGH) or node.op in _REF_PASS_THROUGH:
+                alias[c] = alias[a]
+                stack.append(c)
+    writes: dict[str, list[str]] = {}
+    reads: dict[str, set[str]] = {}
+    for n in graph_def.node:
+        if n.name in alias:
+            continue
+        data = [node_name(s) for s in n.input if not s.startswith("^")]
+        if not any(d in alias for d in data):
+            continue
+        if is_variable_update(n.op):
+            for v in _written(n, data, alias):
+                writes.setdefault(v, []).append(n.name)
+        elif n.op not in _NOT_READS and (readers is None or n.name in readers):
+            for d in data:
+                if d in alias:
+                    reads.setdefault(alias[d], set()).add(n.name)
+    tracked = sorted(v for v in writes if reads.get(v))
+    found = []
+    for start in range(0, len(tracked), 4096):  # bit sets of at most 512 bytes a node
+        chunk = tracked[start:start + 4096]
+        bit = {v: 1 << i for i, v in enumerate(chunk)}
+        gen: dict[str, int] = {}
+        for v in chunk:
+            for u in writes[v]:
+                gen[u] = gen.get(u, 0) | bit[v]
+        after = _propagate(graph_def, users, gen)  # node -> bits of the variables updated before it
+        for v in chunk:
+            found.extend((r, v, writes[v]) for r in sorted(reads[v]) if after.get(r, 0) & bit[v])
+    return found
+
+
+def update_before(graph_def, reader: str, updates: list[str]) -> str:
+    """The first of ``updates`` that ``reader`` is reachable from (for a message)."""
+    users: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for s in n.input:
+            users.setdefault(node_name(s), []).append(n.name)
+    return next((u for u in updates if _reaches(u, reader, users)), updates[0])
+
+
+def _propagate(graph_def, users: dict, gen: dict[str, int]) -> dict[str, int]:
+    """node → the OR of ``gen`` over the node and every node it is reachable from (data and
+    control edges), as int bit sets: one pass in topological order, then a worklist for the
+    nodes on cycles (while loops), so a graph of N nodes and V variables costs about N x V/64
+    word operations, not N x V."""
+    from collections import deque
+
+    indegree = {n.name: 0 for n in graph_def.node}
+    for n in graph_def.node:
+        for s in n.input:
+            if node_name(s) in indegree:
+                indegree[n.name] += 1
+    mask = dict.fromkeys(indegree, 0)
+    for name, bits in gen.items():
+        if name in mask:
+            mask[name] |= bits
+    queue = deque(name for name, d in indegree.items() if d == 0)
+    while queue:
+        a = queue.popleft()
+        for c in users.get(a, ()):
+            if c in mask:
+                mask[c] |= mask[a]
+                indegree[c] -= 1
+                if indegree[c] == 0:
+                    queue.append(c)
+    work = deque(name for name, d in indegree.items() if d > 0)  # on or after a cycle
+    while work:
+        a = work.popleft()
+        for c in users.get(a, ()):
+            if c in mask and mask[c] | mask[a] != mask[c]:
+                mask[c] |= mask[a]
+                work.append(c)
+    return mask
+
+
+def _reaches(src: str, dst: str, users: dict) -> bool:
+    seen, stack = {src}, [src]
+    while stack:
+        a = stack.pop()
+        if a == dst:
+            return True
+        for c in users.get(a, ()):
+            if c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return False
+
+
+def _written(n, data: list[str], alias: dict[str, str]) -> set[str]:
+    """The variables update ``n`` writes: those behind its reference or resource inputs (only
+    the first input where the op's signature cannot say)."""
+    from tensorflow.python.framework import op_def_registry
+
+    d = op_def_registry.get(n.op)
+    if d is not None and len(d.input_arg) == len(data) and not any(a.number_attr or a.type_list_attr
+                                                                   for a in d.input_arg):
+        positions = [i for i, a in enumerate(d.input_arg) if a.is_ref or a.type == 20]  # DT_RESOURCE
+    else:
+        positions = [0]
+    return {alias[data[i]] for i in positions if i < len(data) and data[i] in alias}
+
+
+def _values_of(gd, keep: list[str]) -> set[str]:
+    """The nodes whose values ``keep`` computes from: its ancestors through data edges."""
+    by_name = {n.name: n for n in gd.node}
+    seen: set[str] = set()
+    stack = list(keep)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        stack.extend(node_name(s) for s in by_name[name].input if not s.startswith("^"))
+    return seen
+
+
+def _refuse_reads_after_updates(graph_def, values: set[str], where: str, way_out: str) -> None:
+    """A read of a variable after an update of it (:func:`reads_after_updates`) whose value the
+    outputs compute from (``values``: :func:`_values_of`) is refused in one line: its frozen value
+    would be the checkpoint's, TensorFlow's the updated one, and verification (against the frozen
+    graph) could not tell.  (A read that only feeds an update kept for a control edge — a
+    zero-debiased moving average forced before a batch norm's output — changes no output.)"""
+    found = reads_after_updates(graph_def, values)
+    if found:
+        reader, var, updates = found[0]
+        update = update_before(graph_def, reader, updates)
+        op = next(n.op for n in graph_def.node if n.name == update)
+        raise InputError(f"{where}: node '{reader}' reads variable '{var}' after '{update}' ({op}) updates it; a "
+                         "frozen graph holds the checkpoint's value, not the updated one, so bnconvert cannot freeze "
+                         f"this path ({way_out})")
+
+
+def _refuse_read_updates(gd, where: str,
+                         way_out: str = "choose outputs that do not depend on it with --outputs") -> None:
     """A reference update without a value twin (``ApplyAdam``, ``ScatterUpdate``…) whose result the
     kept graph reads cannot be frozen: refused in one line (TensorFlow's own refusal, "…expected
     float_ref", names no way out)."""
@@ -402,7 +657,7 @@ def _refuse_read_updates(gd, where: str) -> None:
             if not s.startswith("^") and src in updates:
                 raise InputError(f"{where}: node '{src}' ({updates[src]}) updates a variable and '{n.name}' reads "
                                  "the result; a frozen graph cannot update variables, so bnconvert cannot freeze "
-                                 "this path (choose outputs that do not depend on it with --outputs)")
+                                 f"this path ({way_out})")
 
 
 #: ops that pass a resource handle through unchanged (tf.cond/while_loop route handles via them)

@@ -20,7 +20,11 @@ results, with control edges from the function's control outputs, so every tensor
 that named the call still holds.  Calls through ``PartitionedCall``, ``StatefulPartitionedCall``
 or a function's own name are inlined; functional control flow (``If``, ``While``, ``Case``) is
 left alone.  A function with list-typed arguments cannot be inlined and is refused with one line,
-as is a graph that would grow past :data:`MAX_NODES` nodes.
+as is a graph that would grow past :data:`MAX_NODES` nodes or past a byte bound (the memory
+budget, at most protobuf's 2 GiB: nested calls copy a function's constants once per call), calls
+nested more than :data:`MAX_DEPTH` deep (each level's names carry the enclosing call's name, so
+names grow with the depth), a library function named like a TensorFlow op (TensorFlow refuses
+such a library), and a function body with two nodes of one name or a malformed tensor name.
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 #: most nodes an inlined graph may hold (nested calls multiply: a bomb of functions each calling
 #: the next twice is refused here instead of exhausting memory)
 MAX_NODES = 2_000_000
+#: most calls nested inside one another (Keras: signature -> model -> sub-model -> layer, ~10)
+MAX_DEPTH = 256
+#: protobuf refuses to serialize a GraphDef past 2 GiB
+MAX_BYTES = (1 << 31) - 1
 
 
 def _called_function(n, lib: dict) -> str | None:
@@ -40,10 +48,13 @@ def _called_function(n, lib: dict) -> str | None:
     return None
 
 
-def inline_calls(graph_def, where: str):
+def inline_calls(graph_def, where: str, max_bytes: int | None = None):
     """``(graph_def, count)``: a copy of ``graph_def`` with every call of a library function
     replaced by the function's body (nested calls too); ``count`` is the number of calls inlined
-    (0: ``graph_def`` itself is returned).  The library is cut to the functions still referenced."""
+    (0: ``graph_def`` itself is returned).  The library is cut to the functions still referenced.
+
+    Refused before the graph is built: more than :data:`MAX_NODES` nodes, more than ``max_bytes``
+    (at most :data:`MAX_BYTES`) serialized bytes, calls nested more than :data:`MAX_DEPTH` deep."""
     from collections import deque
 
     from . import tfproto
@@ -51,28 +62,53 @@ def inline_calls(graph_def, where: str):
     lib = {f.signature.name: f for f in graph_def.library.function}
     if not lib or not any(_called_function(n, lib) for n in graph_def.node):
         return graph_def, 0
+    for name in sorted(lib):
+        if tfproto.op_registered(name):
+            raise InputError(f"{where}: library function '{name}' has the name of a TensorFlow op; TensorFlow "
+                             "refuses such a library, and bnconvert does not guess which one a node means")
+    limit = min(max_bytes, MAX_BYTES) if max_bytes else MAX_BYTES
     out = tfproto.new_graph_def()
     out.versions.CopyFrom(graph_def.versions)
-    nodes = deque(_copy(n) for n in graph_def.node)
-    names = {n.name for n in nodes}
+    nodes = deque((_copy(n), 0) for n in graph_def.node)
+    names = {n.name for n, _ in nodes}
+    size = sum(n.ByteSize() for n, _ in nodes)
+    body_bytes: dict[str, int] = {}
     done: list = []
     count = 0
     while nodes:
-        n = nodes.popleft()
+        n, depth = nodes.popleft()
         fname = _called_function(n, lib)
         if fname is None:
             done.append(n)
             continue
-        body, call = _inline_one(n, lib[fname], lib, names, where)
-        count += 1
-        if len(done) + len(nodes) + len(body) > MAX_NODES:
+        if depth >= MAX_DEPTH:
+            shown = n.name if len(n.name) <= 80 else "…" + n.name[-79:]
+            raise InputError(f"{where}: function calls nested more than {MAX_DEPTH} deep (node '{shown}' calls "
+                             f"function '{fname}'); refusing to inline them")
+        if fname not in body_bytes:
+            body_bytes[fname] = sum(nd.ByteSize() for nd in lib[fname].node_def)
+        if len(done) + len(nodes) + len(lib[fname].node_def) > MAX_NODES:
             raise InputError(f"{where}: inlining the function calls would make a graph of more than {MAX_NODES} "
                              "nodes; refusing it")
-        nodes.extendleft(reversed(body))  # nested calls are inlined in turn
+        _check_size(size + body_bytes[fname], limit, where)  # before the body is copied
+        body, call = _inline_one(n, lib[fname], lib, names, where)
+        count += 1
+        size += sum(b.ByteSize() for b in body) + call.ByteSize() - n.ByteSize()
+        _check_size(size, limit, where)
+        nodes.extendleft((b, depth + 1) for b in reversed(body))  # nested calls are inlined in turn
         done.append(call)
     out.node.extend(done)
     out.library.CopyFrom(referenced_library(graph_def.library, out.node))
     return out, count
+
+
+def _check_size(size: int, limit: int, where: str) -> None:
+    if size > limit:
+        from .budget import human
+
+        raise InputError(f"{where}: inlining the function calls would make a graph of more than {human(limit)} "
+                         "(nested calls copy a function's body once per call); refusing it"
+                         + (" (--max-memory)" if limit < MAX_BYTES else ""))
 
 
 def _copy(n):
@@ -96,7 +132,11 @@ def _inline_one(call, fdef, lib: dict, names: set, where: str):
         raise InputError(f"{label} with {len(data)} input(s); the function takes {len(sig.input_arg)}")
     args = {a.name: t for a, t in zip(sig.input_arg, data)}
     rename: dict[str, str] = {}
+    seen: set[str] = set()
     for nd in fdef.node_def:
+        if nd.name in seen:
+            raise InputError(f"{label}, which has two nodes named '{nd.name}'")
+        seen.add(nd.name)
         new = nd.name if nd.name not in names else f"{call.name}/{nd.name}"
         k = 1
         while new in names:
@@ -119,10 +159,13 @@ def _inline_one(call, fdef, lib: dict, names: set, where: str):
         parts = ref.split(":")
         if parts[0] not in rename:
             raise InputError(f"{label}, whose node list names a missing tensor '{ref}'")
+        # a function body names node:output_arg:index; node:index and node are read as graph names
+        if len(parts) > 3 or not (len(parts) == 1 or (parts[-1].isascii() and parts[-1].isdigit())):
+            raise InputError(f"{label}, whose node list names the malformed tensor '{ref[:200]}'")
         if len(parts) == 3:
             index = _output_offset(inner[parts[0]], parts[1], lib, label) + int(parts[2])
         else:
-            index = int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else 0
+            index = int(parts[1]) if len(parts) == 2 else 0
         return rename[parts[0]] + (f":{index}" if index else "")
 
     body = []

@@ -516,6 +516,6 @@ def _load_saved_model(folder: str, allow_unsafe: bool = False, limit: int | None
     check_functions(gd, folder)
     prefix = os.path.join(folder, "variables", "variables")
     keep = sorted({t.split(":")[0] for t in outputs + inputs})
-    frozen = freeze(gd, prefix, keep, folder, budget.limit() if limit is None else limit)
+    frozen = freeze(gd, prefix, keep, folder, budget.limit() if limit is None else limit, signature=True)
     _check_outside(frozen, folder, allow_unsafe)
     return Model(frozen, folder, "savedmodel", inputs=inputs, outputs=outputs, sha256=hashlib.sha256(data).hexdigest())
