@@ -258,11 +258,7 @@ def referenced_library(library, nodes):
 
 
 def _refs(n) -> set[str]:
-    out = {n.op}
-    for a in n.attr.values():
-        kind = a.WhichOneof("value")
-        if kind == "func":
-            out.add(a.func.name)
-        elif kind == "list":
-            out.update(f.name for f in a.list.func)
-    return out
+    """Names a node may call: its op (a library function used as an op) and its func attributes."""
+    from .safety import function_refs
+
+    return {n.op} | function_refs(n)

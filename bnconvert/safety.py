@@ -217,9 +217,9 @@ def _all_nodes(graph_def) -> Iterable[tuple[str, object]]:
             yield f"{fn.signature.name}/{node.name}", node
 
 
-def _called(node, functions: set[str]) -> set[str]:
-    """Library functions a node calls: as its op, or through func / list(func) attributes."""
-    out = {node.op} & functions
+def function_refs(node) -> set[str]:
+    """Function names a node's func / list(func) attributes name."""
+    out = set()
     for a in node.attr.values():
         kind = a.WhichOneof("value")
         if kind == "func":
@@ -227,6 +227,11 @@ def _called(node, functions: set[str]) -> set[str]:
         elif kind == "list":
             out.update(f.name for f in a.list.func)
     return out
+
+
+def _called(node, functions: set[str]) -> set[str]:
+    """Library functions a node calls: as its op, or through func / list(func) attributes."""
+    return ({node.op} & functions) | function_refs(node)
 
 
 def find_unsafe_ops(graph_def) -> list[tuple[str, str]]:

@@ -143,3 +143,34 @@ def frozen_heap():
     gc.collect()
     gc.freeze()
     yield
+
+
+@contextlib.contextmanager
+def tf1_graph(tf):
+    """Switch/Merge conds, Enter/Exit while loops and ref variables, as TF 1.x built them, for
+    the block only (not ``disable_v2_behavior``, which would change the whole test process)."""
+    cf = tf.compat.v1.control_flow_v2_enabled()
+    rv = tf.compat.v1.resource_variables_enabled()
+    tf.compat.v1.disable_control_flow_v2()
+    tf.compat.v1.disable_resource_variables()
+    try:
+        yield
+    finally:
+        if cf:
+            tf.compat.v1.enable_control_flow_v2()
+        if rv:
+            tf.compat.v1.enable_resource_variables()
+
+
+def build_in_subprocess(script: str, folder) -> str:
+    """Run a model-building ``script`` (argv[1]: ``folder``) in a fresh Python, so TF1/Keras global
+    settings stay out of the test process; returns ``folder``."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(folder)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return str(folder)

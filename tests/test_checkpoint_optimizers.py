@@ -21,9 +21,7 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -31,7 +29,7 @@ import pytest
 import bnconvert
 from bnconvert.errors import BNConvertError, UnsafeGraphError
 
-from conftest import run_graph_def
+from conftest import run_graph_def, build_in_subprocess
 
 OPTIMIZERS = ("adam", "momentum", "sgd")
 MODES = ("ref", "resource")
@@ -198,22 +196,14 @@ tf.saved_model.save(branchy, os.path.join(root, "branchy"), signatures=branchy._
 '''
 
 
-def _build(script: str, folder) -> str:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(folder)], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def tf1(tmp_path_factory):
-    return _build(_TF1_BUILDER, tmp_path_factory.mktemp("tf1_ckpts"))
+    return build_in_subprocess(_TF1_BUILDER, tmp_path_factory.mktemp("tf1_ckpts"))
 
 
 @pytest.fixture(scope="module")
 def keras_sm(tmp_path_factory):
-    return _build(_KERAS_BUILDER, tmp_path_factory.mktemp("keras_savedmodels"))
+    return build_in_subprocess(_KERAS_BUILDER, tmp_path_factory.mktemp("keras_savedmodels"))
 
 
 def _digest(folder: str) -> dict[str, str]:

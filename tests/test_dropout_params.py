@@ -9,12 +9,13 @@ scalar numeric placeholder can be set with ``--set NAME=NUMBER``.  Real TF/ORT/T
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
 import numpy as np
 import pytest
+
+from conftest import tf1_graph
 
 RUNTIMES = ("tf:folded", "onnx:CPUExecutionProvider", "tflite")
 
@@ -24,23 +25,6 @@ def _tf():
     import tensorflow as tf
 
     return tf
-
-
-@contextlib.contextmanager
-def _tf1_graph(tf):
-    """Switch/Merge conds and ref variables, as TF 1.x built them, for the block only (not
-    ``disable_v2_behavior``, which would change the whole test process)."""
-    cf = tf.compat.v1.control_flow_v2_enabled()
-    rv = tf.compat.v1.resource_variables_enabled()
-    tf.compat.v1.disable_control_flow_v2()
-    tf.compat.v1.disable_resource_variables()
-    try:
-        yield
-    finally:
-        if cf:
-            tf.compat.v1.enable_control_flow_v2()
-        if rv:
-            tf.compat.v1.enable_resource_variables()
 
 
 def _legacy_dropout(tf, x, keep_prob):
@@ -59,7 +43,7 @@ def graphs(tmp_path_factory):
     def build(name, drop, extra=None):
         rs = np.random.RandomState(0)
         g = tf.Graph()
-        with g.as_default(), _tf1_graph(tf):
+        with g.as_default(), tf1_graph(tf):
             x = tf.compat.v1.placeholder(tf.float32, [None, 6], name="x")
             phase = tf.compat.v1.placeholder(tf.bool, name="phase")
             h = tf.compat.v1.layers.dense(x, 8, kernel_initializer=tf.constant_initializer(rs.randn(6, 8)))

@@ -4,12 +4,13 @@ placeholders that are not only a dropout's parameter, ``--set`` values the place
 cannot hold, a keep_prob of shape [1], and dropouts inside while loops (DropoutWrapper)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
 import numpy as np
 import pytest
+
+from conftest import tf1_graph
 
 
 def _tf():
@@ -19,29 +20,13 @@ def _tf():
     return tf
 
 
-@contextlib.contextmanager
-def _tf1_graph(tf):
-    """Switch/Merge conds, Enter/Exit while loops and ref variables, for the block only."""
-    cf = tf.compat.v1.control_flow_v2_enabled()
-    rv = tf.compat.v1.resource_variables_enabled()
-    tf.compat.v1.disable_control_flow_v2()
-    tf.compat.v1.disable_resource_variables()
-    try:
-        yield
-    finally:
-        if cf:
-            tf.compat.v1.enable_control_flow_v2()
-        if rv:
-            tf.compat.v1.enable_resource_variables()
-
-
 def _graph(body, dtype="float32"):
     """x [None, 6] -> matmul -> batch norm -> body(tf, h) (which names its output "y"): a Graph."""
     tf = _tf()
     from bnconvert.graph import Graph
 
     g = tf.Graph()
-    with g.as_default(), _tf1_graph(tf):
+    with g.as_default(), tf1_graph(tf):
         body(tf, _dense_bn(tf, tf.compat.v1.placeholder(dtype, [None, 6], name="x")))
     return Graph(g.as_graph_def())
 
@@ -289,7 +274,7 @@ def test_a_dropout_inside_a_while_loop_is_set_for_inference(cli, tmp_path, kind)
 
     rs = np.random.RandomState(0)
     g = tf.Graph()
-    with g.as_default(), _tf1_graph(tf):
+    with g.as_default(), tf1_graph(tf):
         x = tf.compat.v1.placeholder(tf.float32, [None, 5, 4], name="x")
         kp = tf.compat.v1.placeholder(tf.float32, name="keep_prob")
         if kind == "while_loop":
@@ -352,7 +337,7 @@ def _fold_cond_graph(cli, tmp_path, name, branch):
     """x -> dense+BN -> tf.cond(phase, branch(h), h) -> y, folded with verification."""
     tf = _tf()
     g = tf.Graph()
-    with g.as_default(), _tf1_graph(tf):
+    with g.as_default(), tf1_graph(tf):
         h = _dense_bn(tf, tf.compat.v1.placeholder(tf.float32, [None, 6], name="x"))
         phase = tf.compat.v1.placeholder(tf.bool, [], name="phase")
         tf.identity(branch(tf, h, phase), name="y")
@@ -398,7 +383,7 @@ def test_a_zeroed_draw_inside_a_while_loop_runs_in_the_loops_frame():
     from bnconvert.inference import to_inference
 
     g = tf.Graph()
-    with g.as_default(), _tf1_graph(tf):
+    with g.as_default(), tf1_graph(tf):
         x = tf.compat.v1.placeholder(tf.float32, [None, 5, 4], name="x")
         kp = tf.compat.v1.placeholder(tf.float32, name="keep_prob")
 

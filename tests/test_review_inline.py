@@ -27,9 +27,7 @@ are protobuf edits of the built SavedModel.
 """
 import os
 import shutil
-import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -38,7 +36,7 @@ import pytest
 import bnconvert
 from bnconvert.errors import BNConvertError
 
-from conftest import run_graph_def
+from conftest import run_graph_def, build_in_subprocess
 
 _TF2_BUILDER = r'''
 import os, sys
@@ -160,22 +158,14 @@ np.save(os.path.join(root, "rmsprop", "x.npy"), x_ref)
 '''
 
 
-def _build(script: str, folder) -> str:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(folder)], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def tf2(tmp_path_factory):
-    return _build(_TF2_BUILDER, tmp_path_factory.mktemp("review_tf2"))
+    return build_in_subprocess(_TF2_BUILDER, tmp_path_factory.mktemp("review_tf2"))
 
 
 @pytest.fixture(scope="module")
 def tf1(tmp_path_factory):
-    return _build(_TF1_BUILDER, tmp_path_factory.mktemp("review_tf1"))
+    return build_in_subprocess(_TF1_BUILDER, tmp_path_factory.mktemp("review_tf1"))
 
 
 def _one_line(e) -> str:
