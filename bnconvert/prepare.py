@@ -169,14 +169,14 @@ def _original_file(model, source: str, as_is: bool, tmp: str) -> str:
     return path
 
 
-def _idle_placeholders(original_gd, folded_gd, report) -> dict[str, int]:
+def _idle_placeholders(g, folded_gd, report) -> dict[str, int]:
     """``{tensor: 0}`` for each ``Placeholder`` of the original that the outputs depend on but
     that is neither an input nor a flag and that the folded graph no longer reads: it is read
     only inside branches the training flags switch off (a noise level used in training), so
-    its value never reaches an output — but TensorFlow refuses to run the original unfed."""
-    from .graph import Graph, node_of
+    its value never reaches an output — but TensorFlow refuses to run the original unfed.
+    ``g``: the original as a :class:`~bnconvert.graph.Graph`."""
+    from .graph import node_of
 
-    g = Graph(original_gd, copy_nodes=False)
     needed = g.ancestors([node_of(t) for t in report.outputs], control=True)
     read = {node_of(i) for n in folded_gd.node for i in n.input}
     taken = {node_of(t) for t in list(report.inputs) + list(report.training_flags)}
@@ -193,15 +193,16 @@ def _verification_facts(prep: Prepared, original_gd, folded_gd, report, power: b
     # a random draw (zeroed here, or left in the model: a dropout bnconvert did not recognise set
     # with --set keep_prob=1, whose mask keeps every unit) and its own arithmetic differ from
     # runtime to runtime: those tensors are not compared layer by layer (the outputs still are)
+    from .graph import Graph
+
+    g = Graph(original_gd, copy_nodes=False)  # one index of the original for both questions below
     zeroed = (report.inference or {}).get("dropout_draws_zeroed") or ()
     drawn = [n.name for n in original_gd.node if _RANDOM_OP.search(n.op)]
     if zeroed or drawn:
-        from .graph import Graph
         from .inference import noise_path
 
-        g = Graph(original_gd, copy_nodes=False)
         prep.fold_changed |= noise_path(g, zeroed) | noise_path(g, drawn, own=True)
-    prep.idle_feeds = _idle_placeholders(original_gd, folded_gd, report)
+    prep.idle_feeds = _idle_placeholders(g, folded_gd, report)
     if power:
         from .verify.power import targets
 

@@ -408,9 +408,8 @@ def test_api_set_flags_with_an_int_beyond_float_range_is_an_input_error():
         bnconvert.fold("no-such-model.pb", set_flags={"keep_prob": 10 ** 400})  # checked before loading
 
 
-def test_an_unrecognised_keep_prob_of_unknown_rank_is_told_about_set(cli, tmp_path):
-    """A keep_prob that also scales the logits is no dropout parameter (left as an input); its
-    unknown rank stops the fold with one line that names ``--set`` beside ``--input-shape``."""
+def _keep_prob_scaling_the_logits(tmp_path):
+    """A .pb whose keep_prob drives a dropout and also scales the output: no dropout parameter."""
     tf = _tf()
     g = tf.Graph()
     with g.as_default():
@@ -419,6 +418,13 @@ def test_an_unrecognised_keep_prob_of_unknown_rank_is_told_about_set(cli, tmp_pa
         tf.identity(tf.compat.v1.nn.dropout(h, keep_prob=kp) * kp, name="y")
     path = tmp_path / "kp.pb"
     path.write_bytes(g.as_graph_def().SerializeToString())
+    return path
+
+
+def test_an_unrecognised_keep_prob_of_unknown_rank_is_told_about_set(cli, tmp_path):
+    """A keep_prob that also scales the logits is no dropout parameter (left as an input); its
+    unknown rank stops the fold with one line that names ``--set`` beside ``--input-shape``."""
+    path = _keep_prob_scaling_the_logits(tmp_path)
     r = cli("fold", path, "-o", tmp_path / "out")
     assert r.returncode == 2 and "--set keep_prob=VALUE" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -429,14 +435,7 @@ def test_set_keep_prob_1_on_an_unrecognised_dropout_verifies(cli, tmp_path):
     the logits): the draw stays in the model, its mask keeps every unit, the outputs agree — and
     the TFLite layer check compared the draw itself ('layer dropout/random_uniform/RandomUniform:
     max abs error 0.78, although the outputs agree'), failing a correct model."""
-    tf = _tf()
-    g = tf.Graph()
-    with g.as_default():
-        h = _dense_bn(tf, tf.compat.v1.placeholder(tf.float32, [None, 6], name="x"))
-        kp = tf.compat.v1.placeholder(tf.float32, name="keep_prob")
-        tf.identity(tf.compat.v1.nn.dropout(h, keep_prob=kp) * kp, name="y")
-    path = tmp_path / "kp.pb"
-    path.write_bytes(g.as_graph_def().SerializeToString())
+    path = _keep_prob_scaling_the_logits(tmp_path)
     r = cli("fold", path, "-o", tmp_path / "out", "--force", "--json", "--set", "keep_prob=1")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)

@@ -430,18 +430,23 @@ def test_inline_calls_takes_a_byte_bound():
         inline.inline_calls(gd, "bomb", max_bytes=4 << 20)
 
 
+def _call_chain(gd, depth: int) -> None:
+    """Functions ``evil``, ``evil1`` … each calling the next, ``depth`` calls deep; the last is Identity."""
+    for i in range(depth):
+        f = _func(gd, "evil" if i == 0 else f"evil{i}")
+        _call(f, "c", f"evil{i + 1}", ["x"])
+        f.ret["y"] = "c:output:0"
+    f = _func(gd, f"evil{depth}")
+    _node(f, "i", "Identity", ["x"], T=F)
+    f.ret["y"] = "i:output:0"
+
+
 def test_deeply_nested_calls_are_refused_quickly(tf2, tmp_path):
     """3,000 functions each calling the next: every level's node names carry the enclosing call's
     name, so the graph grows with the square of the depth (20,000 levels: a 2.6 MB file took 490 s
     and 9.5 GB).  Refused in one line, quickly."""
     def edit(gd, wrapper, hook):
-        for i in range(3000):
-            f = _func(gd, "evil" if i == 0 else f"evil{i}")
-            _call(f, "c", f"evil{i + 1}", ["x"])
-            f.ret["y"] = "c:output:0"
-        f = _func(gd, "evil3000")
-        _node(f, "i", "Identity", ["x"], T=F)
-        f.ret["y"] = "i:output:0"
+        _call_chain(gd, 3000)
 
     folder = _edit(tf2, tmp_path, "deep", edit)
     t = time.monotonic()
@@ -454,13 +459,7 @@ def test_deeply_nested_calls_are_refused_quickly(tf2, tmp_path):
 def test_moderate_nesting_still_inlines(tf2, tmp_path):
     """Held up: 40 nested calls (deeper than any Keras model) inline to the same function."""
     def edit(gd, wrapper, hook):
-        for i in range(40):
-            f = _func(gd, "evil" if i == 0 else f"evil{i}")
-            _call(f, "c", f"evil{i + 1}", ["x"])
-            f.ret["y"] = "c:output:0"
-        f = _func(gd, "evil40")
-        _node(f, "i", "Identity", ["x"], T=F)
-        f.ret["y"] = "i:output:0"
+        _call_chain(gd, 40)
 
     model = bnconvert.load(_edit(tf2, tmp_path, "deep40", edit))
     got = run_graph_def(model.graph_def, {model.inputs[0]: X}, model.outputs)[model.outputs[0]]
